@@ -1,0 +1,24 @@
+"""diffusion-cam: faithful visual explanations for diffusion multimodal LLMs.
+
+>>> import diffusion_cam as dc
+>>> adapter = dc.load_model("shapes-tiny")
+>>> exp = dc.DiffusionCAM(adapter).explain("scene.png", "describe the image")
+>>> exp.answer, exp.maps.shape
+"""
+
+from __future__ import annotations
+
+from . import errors, extract, metrics, refine
+from .adapters import Adapter, GenerationConfig, ImageGrid, ModelInputs, available_models, load_model
+from .errors import DiffusionCamError
+from .explanation import Explanation
+from .io import load_image
+from .methods import DiffusionCAM, ExplanationMethod, GradientCAM, available_methods, get_method, register_method
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter", "DiffusionCAM", "DiffusionCamError", "Explanation", "ExplanationMethod", "GenerationConfig",
+    "GradientCAM", "ImageGrid", "ModelInputs", "available_methods", "available_models", "errors", "extract",
+    "get_method", "load_image", "load_model", "metrics", "refine", "register_method", "__version__",
+]

@@ -1,0 +1,7 @@
+"""Model adapters: the only code that knows a model family."""
+
+from .base import STATES, Adapter, GenerationConfig, ImageGrid, ModelInputs
+from .registry import ModelEntry, available_models, load_model, register_model, register_resolver
+
+__all__ = ["STATES", "Adapter", "GenerationConfig", "ImageGrid", "ModelEntry", "ModelInputs",
+           "available_models", "load_model", "register_model", "register_resolver"]

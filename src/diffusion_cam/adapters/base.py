@@ -1,0 +1,250 @@
+"""The adapter protocol: the only place that knows a model family.
+
+An adapter turns ``(image, prompt)`` into model inputs, runs one differentiable
+forward of a given token sequence, and tells the extraction code where the
+image patches sit in the hooked hidden state.  Everything else in the library
+(sampling, hooking, gradients, maps, refinement, metrics) is family-agnostic.
+
+Three layouts fit this protocol:
+
+* single bidirectional sequence (LLaDA-V, MMaDA, Dimple, the built-in model):
+  every forward holds the image span, so every denoising step is feasible;
+* Prefix-DLM (LaViDa): the prompt pass is cached and answer steps only see the
+  cache.  ``forward`` runs prefix and answer passes with gradients in one call;
+  the hooked block is then called twice and :attr:`ImageGrid.call` says which
+  call holds the image span;
+* encoder-decoder (DiffusionGemma): :meth:`Adapter.blocks` returns the encoder
+  stack, image positions index the encoder sequence, gradients reach it through
+  the decoder's cross/cached attention.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InfeasibleStateError, LayerError
+
+STATES = ("trajectory", "final")
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """Where one patch grid of one image sits in the hooked hidden state.
+
+    ``positions`` lists the sequence positions of the ``h * w`` patches in
+    raster order (row-separator tokens already dropped).  ``region`` is the
+    ``(x0, y0, x1, y1)`` box of the original image, in pixels, that the grid
+    covers: the whole image for a base view, a sub-box for a crop.
+    """
+
+    positions: tuple[int, ...]
+    shape: tuple[int, int]
+    region: tuple[float, float, float, float]
+    image_index: int = 0
+    call: int = 0
+    name: str = "base"
+
+    def __post_init__(self) -> None:
+        h, w = self.shape
+        if h <= 0 or w <= 0 or len(self.positions) != h * w:
+            raise ValueError(
+                f"image grid {self.name!r}: {len(self.positions)} positions do not fill a {h}x{w} grid"
+            )
+
+
+@dataclass
+class ModelInputs:
+    """One prepared query: the sequence with an all-mask answer canvas plus model extras."""
+
+    input_ids: torch.Tensor  # (L,) long: prompt, image placeholders, answer canvas
+    answer_start: int
+    gen_length: int
+    images: list[np.ndarray]  # original RGB uint8 images, (H, W, 3)
+    prompt: str
+    extras: dict[str, Any] = field(default_factory=dict)  # pixel values, image sizes, caches...
+
+    @property
+    def answer_slice(self) -> slice:
+        return slice(self.answer_start, self.answer_start + self.gen_length)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the first image."""
+        h, w = self.images[0].shape[:2]
+        return int(h), int(w)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """LLaDA masked-diffusion sampling settings (temperature 0 is greedy and deterministic)."""
+
+    gen_length: int = 16
+    steps: int | None = None  # None: one token per step (steps = gen_length)
+    block_length: int | None = None  # None: a single block (pure diffusion)
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    seed: int | None = None
+
+    def resolved(self) -> "GenerationConfig":
+        steps = self.gen_length if self.steps is None else self.steps
+        block = self.gen_length if self.block_length is None else self.block_length
+        return GenerationConfig(self.gen_length, steps, block, self.temperature, self.remasking, self.seed)
+
+
+class Adapter(ABC):
+    """Base class of model adapters.  Subclasses implement the abstract members."""
+
+    #: short family name shown in results and ``diffusion-cam models``
+    family: str = "unknown"
+    #: identifier of the loaded checkpoint (name or path)
+    name: str = "unknown"
+    #: which states this family supports and, if not, why
+    state_support: Mapping[str, str | None] = {"trajectory": None, "final": None}
+    #: whether the adapter was checked against real released weights
+    verified_on_real_weights: bool = False
+
+    # ------------------------------------------------------------------ model
+    @property
+    @abstractmethod
+    def model(self) -> nn.Module:
+        """The underlying torch module (for device/dtype moves and eval())."""
+
+    @abstractmethod
+    def blocks(self) -> nn.ModuleList | Sequence[nn.Module]:
+        """The transformer blocks whose outputs can be hooked (image-side stack)."""
+
+    @property
+    @abstractmethod
+    def mask_token_id(self) -> int | None:
+        """Id of the mask token of the answer canvas (None for uniform-noise models)."""
+
+    @property
+    def stop_token_ids(self) -> frozenset[int]:
+        """Ids that end the answer (EOS, end-of-turn, padding); never explained."""
+        return frozenset()
+
+    @property
+    def default_layer(self) -> int:
+        """A middle block; built-in adapters override with a measured choice."""
+        return len(self.blocks()) // 2
+
+    @property
+    def default_generation(self) -> GenerationConfig:
+        return GenerationConfig()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "Adapter":
+        """Move the model; CAM arithmetic stays float32 whatever the weights' dtype."""
+        if isinstance(dtype, str):
+            try:
+                dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+            except KeyError:
+                from ..errors import UnknownNameError
+
+                raise UnknownNameError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16") from None
+        if device is not None:
+            try:
+                device = torch.device(device)
+                self.model.to(device)
+            except (RuntimeError, AssertionError) as err:
+                from ..errors import ModelLoadError
+
+                raise ModelLoadError(f"cannot use device {str(device)!r}: {err}") from None
+        if dtype is not None:
+            self.model.to(dtype)
+        return self
+
+    # ---------------------------------------------------------------- inputs
+    @abstractmethod
+    def prepare(self, images: Sequence[np.ndarray], prompt: str, gen_length: int) -> ModelInputs:
+        """Build the sequence for ``prompt`` and ``images`` with an all-mask canvas of ``gen_length``."""
+
+    @abstractmethod
+    def forward(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:
+        """One differentiable forward of ``sequence`` (B, L): logits (B, L, V).
+
+        Logits must be aligned so that ``logits[:, p]`` scores the token at
+        position ``p`` (families with shifted logits shift them here).
+        """
+
+    @abstractmethod
+    def image_grids(self, inputs: ModelInputs, sequence: torch.Tensor) -> list[ImageGrid]:
+        """Patch positions and grids of the hooked hidden state for this forward."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        """Text of each id (one entry per id)."""
+
+    def token_id(self, word: str) -> int:
+        """Id of a single-token ``word`` (contrastive distractors); adapters with a tokenizer override."""
+        from ..errors import TargetError
+
+        raise TargetError(f"{self.family} adapter cannot look up the word {word!r}; pass a token id")
+
+    def logit_lens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of hidden states through the final norm and output head (TAM)."""
+        raise NotImplementedError(f"{self.family} adapter does not expose its output head")
+
+    def join(self, texts: Sequence[str]) -> str:
+        """Join token texts into the answer string (word-level by default)."""
+        return " ".join(t for t in texts if t)
+
+    def unwrap(self, output: Any) -> torch.Tensor:
+        """The hidden state of a block's output (first element of a tuple)."""
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        if hasattr(output, "last_hidden_state"):
+            output = output.last_hidden_state
+        return output
+
+    # ------------------------------------------------------------- generation
+    def generate(self, inputs: ModelInputs, config: GenerationConfig):
+        """Generate an answer and record its denoising trajectory.
+
+        Mask-token families use the library's LLaDA sampler; families with
+        their own noise process override this.
+        """
+        from ..generation import llada_generate
+
+        return llada_generate(self, inputs, config)
+
+    # ------------------------------------------------------------ validation
+    def resolve_layers(self, layer: int | Sequence[int] | None) -> list[int]:
+        n = len(self.blocks())
+        if layer is None:
+            layers = [self.default_layer]
+        elif isinstance(layer, (int, np.integer)):
+            layers = [int(layer)]
+        else:
+            layers = [int(x) for x in layer]
+            if not layers:
+                raise LayerError("no layer given: pass an index or a non-empty list of indices")
+        resolved = []
+        for idx in layers:
+            if not -n <= idx < n:
+                raise LayerError(
+                    f"layer {idx} is out of range: {self.family} model {self.name!r} has {n} blocks "
+                    f"(valid indices {-n}..{n - 1})"
+                )
+            resolved.append(idx % n)
+        return resolved
+
+    def check_state(self, state: str) -> None:
+        from ..errors import UnknownNameError
+
+        if state not in STATES:
+            raise UnknownNameError(f"unknown state {state!r}; choose one of {', '.join(STATES)}")
+        reason = self.state_support.get(state, "not declared by the adapter")
+        if reason is not None:
+            raise InfeasibleStateError(
+                f"state {state!r} is infeasible for {self.family} model {self.name!r}: {reason}"
+            )

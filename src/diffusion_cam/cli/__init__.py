@@ -1,0 +1,66 @@
+"""The ``diffusion-cam`` command line: one sub-command per module, mirroring the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import warnings
+from typing import Sequence
+
+from ..errors import DiffusionCamError
+
+#: sub-command modules; each defines ``add_parser(subparsers)`` and ``run(args) -> int``
+COMMANDS = ("explain", "models", "train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="diffusion-cam",
+        description="Visual explanations (Diffusion-CAM) for diffusion multimodal LLMs.",
+    )
+    parser.add_argument("--version", action="version", version=f"diffusion-cam {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or bool(os.environ.get("DIFFUSION_CAM_DEBUG"))
+    if not debug:
+        warnings.showwarning = _show_warning
+    try:
+        return int(args.run(args) or 0)
+    except DiffusionCamError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        if debug:
+            raise
+        print("error: out of memory; try a smaller --chunk-size or fewer tokens", file=sys.stderr)
+        return 1
+    except Exception as err:  # an unexpected failure still gets one line; --debug shows the traceback
+        if debug:
+            raise
+        print(f"error: internal error {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Options shared by the sub-commands that build an explanation method."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..adapters.base import STATES
+from ..extract import CAM_FORMULAS, SCORES
+
+ALL_MODULES = ("akd", "dacg", "cba", "sicd")
+
+
+def _kernel(text: str) -> int | str:
+    if text == "adaptive":
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an odd integer nor 'adaptive'") from None
+    if k < 1 or k % 2 == 0:
+        raise argparse.ArgumentTypeError(f"AKD kernel size must be a positive odd integer, got {k}")
+    return k
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="shapes-tiny", help="built-in model name, hub id or local path (default: shapes-tiny)")
+    g.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    g.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="model weights dtype; CAM arithmetic is always float32")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model families whose code ships with the checkpoint to run it")
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("method")
+    g.add_argument("--layer", type=int, nargs="+", default=None,
+                   help="block index(es) to hook (negative allowed; several are averaged); default: the model's")
+    g.add_argument("--state", choices=STATES, default="trajectory", help="forward to explain from (default: trajectory)")
+    g.add_argument("--score", choices=SCORES, default="logit", help="scalar differentiated per token (default: logit)")
+    g.add_argument("--cam", choices=CAM_FORMULAS, default="poscam", help="map formula (default: poscam)")
+    g.add_argument("--modules", nargs="*", default=list(ALL_MODULES), metavar="MODULE",
+                   help="refinement modules: any of akd dacg cba sicd, or none (default: all four)")
+    g.add_argument("--sicd-mode", default="reference", choices=("reference", "causal"), help="SICD variant")
+    g.add_argument("--akd-kernel", default=3, type=_kernel, help="AKD kernel size (odd int) or 'adaptive'")
+    g.add_argument("--distractor", default=None, help="word contrasted against, for --score contrastive")
+    g.add_argument("--chunk-size", type=int, default=16, help="tokens per batched backward (memory bound)")
+    g = p.add_argument_group("generation")
+    g.add_argument("--gen-length", type=int, default=None, help="answer canvas length (default: the model's)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: one token per step)")
+    g.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block length")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 needs --seed")
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling")
+
+
+def method_kwargs(args: argparse.Namespace, adapter) -> dict:
+    """Keyword arguments of :func:`diffusion_cam.get_method` from parsed options."""
+    from dataclasses import replace
+
+    modules = [] if args.modules in (["none"], ["None"]) else list(args.modules)
+    base = adapter.default_generation
+    generation = replace(
+        base,
+        gen_length=args.gen_length or base.gen_length,
+        steps=args.steps if args.steps is not None else base.steps,
+        block_length=args.block_length if args.block_length is not None else base.block_length,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    layer = None if args.layer is None else (args.layer[0] if len(args.layer) == 1 else args.layer)
+    return dict(layer=layer, state=args.state, score=args.score, cam=args.cam, modules=modules,
+                sicd_mode=args.sicd_mode, akd_kernel=args.akd_kernel, distractor=args.distractor,
+                chunk_size=args.chunk_size, generation=generation)
+
+
+def load_adapter(args: argparse.Namespace):
+    from ..adapters import load_model
+
+    options = {}
+    if args.device:
+        options["device"] = args.device
+    if args.dtype:
+        options["dtype"] = args.dtype
+    if args.trust_remote_code:
+        options["trust_remote_code"] = True
+    return load_model(args.model, **options)

@@ -1,0 +1,158 @@
+"""The result object every method returns."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import OutputError, TargetError
+
+RESULT_FILE = "result.json"
+MAPS_FILE = "maps.npz"
+FORMAT_VERSION = 1
+_ARRAYS = ("maps", "raw_maps", "grid_maps", "raw_grid_maps", "image")
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` with fixed zip timestamps, so equal arrays give equal bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+@dataclass
+class Explanation:
+    """Maps for the words of one generated answer.
+
+    ``maps`` (n_tokens, H, W) float32 in [0, 1] are the refined maps at image
+    resolution, ``raw_maps`` the same before the refinement modules, and
+    ``grid_maps`` / ``raw_grid_maps`` both at the model's patch-grid resolution
+    (the first grid when the model uses several views).
+    """
+
+    answer: str
+    tokens: list[str]
+    token_ids: list[int]
+    token_indices: list[int]  # position of each explained token in the answer canvas
+    steps: list[int]  # denoising step that committed each token
+    maps: np.ndarray
+    raw_maps: np.ndarray
+    grid_maps: np.ndarray
+    raw_grid_maps: np.ndarray
+    image: np.ndarray
+    prompt: str
+    model: str = "unknown"
+    method: str = "diffusion-cam"
+    settings: dict[str, Any] = field(default_factory=dict)
+    scores: list[float] = field(default_factory=list)  # value of the explained score per token
+    degenerate: list[bool] = field(default_factory=list)  # maps reported as zeros (no evidence)
+    trajectory: list[dict[str, Any]] = field(default_factory=list)  # per step: committed canvas indices and ids
+    answer_tokens: list[str] = field(default_factory=list)  # every answer word (also the ones not explained)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def index_of(self, token: int | str) -> int:
+        """Row of ``token`` in :attr:`maps`: by row index or by word (case-insensitive)."""
+        words = ", ".join(f"{i}:{t!r}" for i, t in enumerate(self.tokens))
+        if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
+            i = int(token)
+            if not -len(self.tokens) <= i < len(self.tokens):
+                raise TargetError(f"token index {i} is out of range; the answer has {len(self.tokens)} explained tokens ({words})")
+            return i % len(self.tokens)
+        if isinstance(token, str):
+            wanted = token.strip().lower()
+            hits = [i for i, t in enumerate(self.tokens) if t.strip().lower() == wanted]
+            if len(hits) == 1:
+                return hits[0]
+            if not hits:
+                raise TargetError(f"word {token!r} is not in the answer {self.answer!r}; its words are {words}")
+            raise TargetError(f"word {token!r} occurs {len(hits)} times in the answer (rows {hits}); pick one by index: {words}")
+        raise TargetError(f"a token is addressed by index or word, not {type(token).__name__}")
+
+    def map(self, token: int | str, raw: bool = False) -> np.ndarray:
+        """The (H, W) map of one token."""
+        return (self.raw_maps if raw else self.maps)[self.index_of(token)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no arrays)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "answer": self.answer,
+            "prompt": self.prompt,
+            "model": self.model,
+            "method": self.method,
+            "settings": self.settings,
+            "image_size": [int(self.image.shape[0]), int(self.image.shape[1])],
+            "grid_size": [int(self.grid_maps.shape[1]), int(self.grid_maps.shape[2])] if self.grid_maps.ndim == 3 else None,
+            "answer_tokens": self.answer_tokens,
+            "tokens": [
+                {
+                    "text": text,
+                    "id": int(tid),
+                    "index": int(idx),
+                    "step": int(step),
+                    "score": float(self.scores[i]) if i < len(self.scores) else None,
+                    "degenerate": bool(self.degenerate[i]) if i < len(self.degenerate) else False,
+                }
+                for i, (text, tid, idx, step) in enumerate(zip(self.tokens, self.token_ids, self.token_indices, self.steps))
+            ],
+            "trajectory": self.trajectory,
+            "metrics": self.metrics,
+        }
+
+    # ------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write ``result.json`` and ``maps.npz`` into ``directory`` (created if needed)."""
+        out = Path(directory)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / RESULT_FILE).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_npz(out / MAPS_FILE, {name: getattr(self, name) for name in _ARRAYS})
+        except OSError as err:
+            raise OutputError(f"cannot write results to {out}: {err.strerror or err}") from None
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Explanation":
+        """Read an explanation written by :meth:`save` (no model needed)."""
+        src = Path(directory)
+        try:
+            meta = json.loads((src / RESULT_FILE).read_text(encoding="utf-8"))
+            with np.load(src / MAPS_FILE, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in _ARRAYS}
+        except FileNotFoundError as err:
+            raise OutputError(f"{src} is not a saved explanation: {Path(err.filename).name} is missing") from None
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+            raise OutputError(f"{src}: cannot read saved explanation ({err})") from None
+        toks = meta["tokens"]
+        return cls(
+            answer=meta["answer"],
+            tokens=[t["text"] for t in toks],
+            token_ids=[t["id"] for t in toks],
+            token_indices=[t["index"] for t in toks],
+            steps=[t["step"] for t in toks],
+            scores=[t["score"] for t in toks],
+            degenerate=[t["degenerate"] for t in toks],
+            prompt=meta["prompt"],
+            model=meta["model"],
+            method=meta["method"],
+            settings=meta["settings"],
+            trajectory=meta["trajectory"],
+            answer_tokens=meta.get("answer_tokens", []),
+            metrics=meta.get("metrics", {}),
+            **arrays,
+        )

@@ -1,0 +1,44 @@
+"""Map formulas: from activations and gradients at the patch grid to a heatmap."""
+
+from __future__ import annotations
+
+import torch
+
+CAM_FORMULAS = ("poscam", "gradcam")
+EPS = 1e-8
+
+
+def cam_from_grid(acts: torch.Tensor, grads: torch.Tensor, formula: str = "poscam") -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmaps for K targets on one grid, in float32.
+
+    ``acts``: (h, w, D) activations; ``grads``: (K, h, w, D) gradients of each
+    target's score.  Returns ``(maps (K, h, w) in [0, 1], degenerate (K,) bool)``;
+    a map without positive evidence (constant or non-finite) is returned as
+    zeros and flagged instead of being divided by zero.
+    """
+    acts = acts.float()
+    grads = grads.float()
+    finite = torch.isfinite(grads).flatten(1).all(1)
+    grads = torch.nan_to_num(grads, nan=0.0, posinf=0.0, neginf=0.0)
+    if formula == "poscam":
+        weights = grads.clamp(min=0).mean(dim=(1, 2))  # (K, D)
+        maps = torch.einsum("kd,hwd->khw", weights, acts.clamp(min=0)) / acts.shape[-1]
+    elif formula == "gradcam":
+        weights = grads.mean(dim=(1, 2))
+        maps = torch.einsum("kd,hwd->khw", weights, acts).clamp(min=0)
+    else:
+        raise ValueError(f"unknown CAM formula {formula!r}; choose one of {', '.join(CAM_FORMULAS)}")
+    return normalize(maps, finite)
+
+
+def normalize(maps: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max normalise each map (eps 1e-8); constant maps become zeros and are flagged."""
+    flat = maps.flatten(1)
+    lo = flat.min(1).values[:, None, None]
+    hi = flat.max(1).values[:, None, None]
+    span = (hi - lo)[:, 0, 0]
+    degenerate = ~(span > 0) | ~torch.isfinite(flat).all(1)
+    if valid is not None:
+        degenerate |= ~valid
+    out = torch.where(degenerate[:, None, None], torch.zeros_like(maps), (maps - lo) / (hi - lo + EPS))
+    return out, degenerate

@@ -1,0 +1,93 @@
+"""Load an image from a path, a PIL image or an array into RGB uint8."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ImageLoadError
+
+#: images above this many pixels are refused before decoding (decompression-bomb guard)
+MAX_PIXELS = 64_000_000
+MIN_SIDE = 2
+
+
+def _to_rgb_array(img: Image.Image, source: str) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grey: scale to 8 bits by the image's own range
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # composite on white rather than keeping whatever colour hides under alpha
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def _check_size(height: int, width: int, source: str) -> None:
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise ImageLoadError(f"{source}: image is {width}x{height} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
+    if height * width > MAX_PIXELS:
+        raise ImageLoadError(
+            f"{source}: image is {width}x{height} = {height * width:,} pixels, above the limit of "
+            f"{MAX_PIXELS:,}; downscale it first"
+        )
+
+
+def load_image(image: Any) -> np.ndarray:
+    """Return ``image`` as an (H, W, 3) uint8 RGB array.
+
+    Accepts a path, a PIL image or a numpy array ((H, W), (H, W, 1|3|4); uint8,
+    or float in [0, 1]).  Grayscale, RGBA, palette and 16-bit images are
+    converted.  Anything unreadable raises :class:`ImageLoadError` naming the
+    source and the problem.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        source = str(path)
+        if not path.exists():
+            raise ImageLoadError(f"{source}: no such file")
+        if path.is_dir():
+            raise ImageLoadError(f"{source}: is a directory, not an image file")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"{source}: file is empty (0 bytes)")
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                _check_size(height, width, source)
+                img.load()
+                return _to_rgb_array(img, source)
+        except ImageLoadError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise ImageLoadError(f"{source}: cannot decode image ({err})") from None
+    if isinstance(image, Image.Image):
+        width, height = image.size
+        _check_size(height, width, "PIL image")
+        return _to_rgb_array(image, "PIL image")
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise ImageLoadError(f"array image has shape {image.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
+        _check_size(arr.shape[0], arr.shape[1], "array image")
+        if arr.dtype != np.uint8:
+            if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+                raise ImageLoadError(f"array image of dtype {arr.dtype} has non-finite or non-numeric values")
+            if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1:
+                arr = arr * 255.0
+            arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        elif arr.shape[2] == 4:
+            return _to_rgb_array(Image.fromarray(arr, mode="RGBA"), "array image")
+        return np.ascontiguousarray(arr)
+    raise ImageLoadError(f"unsupported image type {type(image).__name__}; pass a path, a PIL image or a numpy array")

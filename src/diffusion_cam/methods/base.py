@@ -1,0 +1,184 @@
+"""Template for explanation methods: generate, pick tokens, compute raw maps, refine, place.
+
+A method subclass only says how raw grid maps are computed for a set of answer
+tokens (:meth:`ExplanationMethod.compute`); generation, token selection,
+refinement, placement into image coordinates and the result object are shared.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..adapters.base import Adapter, GenerationConfig, ImageGrid, ModelInputs
+from ..errors import DegenerateMapWarning, TargetError, UnknownNameError
+from ..explanation import Explanation
+from ..extract import place_maps
+from ..generation import GenerationResult
+from ..io import load_image
+
+
+@dataclass
+class Run:
+    """Everything known about one query once the answer is generated."""
+
+    adapter: Adapter
+    inputs: ModelInputs
+    generation: GenerationResult
+    answer_ids: list[int]  # the answer's own tokens (stop/padding removed), canvas order
+    texts: list[str]
+
+    def canvas_position(self, index: int) -> int:
+        return self.inputs.answer_start + index
+
+
+@dataclass
+class RawMaps:
+    """Raw maps of K tokens at grid resolution, one (K, h, w) array per image grid."""
+
+    grids: list[ImageGrid]
+    grid_maps: list[np.ndarray]
+    degenerate: np.ndarray
+    scores: np.ndarray
+
+
+class ExplanationMethod(ABC):
+    """Base class: subclasses set :attr:`name` and implement :meth:`compute`."""
+
+    name = "base"
+    #: refinement modules applied by default (baselines use none)
+    default_modules: tuple[str, ...] = ()
+
+    def __init__(self, adapter: Adapter, *, modules: Sequence[str] | None = None,
+                 generation: GenerationConfig | None = None, sicd_mode: str = "reference",
+                 akd_kernel: int | str = 3, module_params: dict[str, Any] | None = None) -> None:
+        from ..refine import MODULES
+
+        self.adapter = adapter
+        self.modules = tuple(self.default_modules if modules is None else modules)
+        unknown = [m for m in self.modules if m not in MODULES]
+        if unknown:
+            raise UnknownNameError(f"unknown refinement module(s) {', '.join(map(repr, unknown))}; choose from {', '.join(MODULES)}")
+        self.generation = generation or adapter.default_generation
+        self.sicd_mode = sicd_mode
+        self.akd_kernel = akd_kernel
+        self.module_params = dict(module_params or {})
+
+    # ---------------------------------------------------------------- hooks
+    @abstractmethod
+    def compute(self, run: Run, indices: list[int]) -> RawMaps:
+        """Raw [0, 1] grid maps for the answer tokens at ``indices`` (answer order)."""
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "modules": list(self.modules),
+            "sicd_mode": self.sicd_mode,
+            "akd_kernel": self.akd_kernel,
+            "module_params": self.module_params,
+            "generation": asdict(self.generation),
+        }
+
+    # ------------------------------------------------------------- pipeline
+    def generate(self, image: Any, prompt: str, gen_length: int | None = None) -> Run:
+        """Load the image, build the inputs and generate the answer with its trajectory."""
+        images = [load_image(im) for im in (image if isinstance(image, (list, tuple)) else [image])]
+        config = self.generation
+        if gen_length is not None:
+            config = GenerationConfig(**{**asdict(config), "gen_length": int(gen_length)})
+        inputs = self.adapter.prepare(images, prompt, config.gen_length)
+        result = self.adapter.generate(inputs, config)
+        stops = self.adapter.stop_token_ids
+        answer_ids: list[int] = []
+        for tid in result.answer_ids:
+            if tid in stops or tid == self.adapter.mask_token_id:
+                break
+            answer_ids.append(tid)
+        return Run(self.adapter, inputs, result, answer_ids, self.adapter.decode(answer_ids))
+
+    def select(self, run: Run, targets: Sequence[int | str] | int | str | None) -> list[int]:
+        """Answer indices to explain: all tokens, or those named by index or word."""
+        n = len(run.answer_ids)
+        if n == 0:
+            raise TargetError(f"the model's answer to {run.inputs.prompt!r} is empty: there is no token to explain")
+        if targets is None:
+            return list(range(n))
+        if isinstance(targets, (int, str, np.integer)):
+            targets = [targets]
+        words = ", ".join(f"{i}:{t!r}" for i, t in enumerate(run.texts))
+        chosen: list[int] = []
+        for target in targets:
+            if isinstance(target, str):
+                hits = [i for i, t in enumerate(run.texts) if t.strip().lower() == target.strip().lower()]
+                if not hits:
+                    raise TargetError(f"target word {target!r} is not in the answer {run.adapter.join(run.texts)!r}; its tokens are {words}")
+                chosen.extend(hits)
+            else:
+                i = int(target)
+                if not -n <= i < n:
+                    raise TargetError(f"target token index {i} is out of range: the answer has {n} tokens ({words})")
+                chosen.append(i % n)
+        return sorted(set(chosen))
+
+    def explain(self, image: Any, prompt: str, *, targets: Sequence[int | str] | int | str | None = None,
+                gen_length: int | None = None) -> Explanation:
+        """Generate an answer to ``prompt`` about ``image`` and explain its tokens."""
+        run = self.generate(image, prompt, gen_length)
+        indices = self.select(run, targets)
+        raw = self.compute(run, indices)
+        return self.build(run, indices, raw)
+
+    def refine_grid_maps(self, run: Run, maps: np.ndarray) -> np.ndarray:
+        from ..refine import refine_stack
+
+        if not self.modules:
+            return maps.astype(np.float32)
+        params = dict(self.module_params)
+        if self.akd_kernel == "adaptive":
+            params.setdefault("steps", len(run.generation.steps))
+            params.setdefault("image_size", max(run.inputs.image_size))
+        out = refine_stack(maps.astype(np.float64), run.answer_ids, modules=self.modules,
+                           sicd_mode=self.sicd_mode, akd_kernel=self.akd_kernel, **params)
+        return np.asarray(out, dtype=np.float32)
+
+    def build(self, run: Run, indices: list[int], raw: RawMaps) -> Explanation:
+        for i, bad in zip(indices, raw.degenerate):
+            if bad:
+                warnings.warn(
+                    f"token {i} ({run.texts[i]!r}) has no positive evidence at the hooked layer "
+                    "(all-zero or non-finite gradients): its map is reported as zeros",
+                    DegenerateMapWarning, stacklevel=3,
+                )
+        refined = [self.refine_grid_maps(run, m) for m in raw.grid_maps]
+        for r, bad in zip(refined, [raw.degenerate] * len(refined)):
+            r[bad] = 0.0
+        size = run.inputs.image_size
+        steps_with_commits = [
+            {"step": s.index, "committed": [p for p in s.committed if p < len(run.answer_ids)],
+             "ids": [tid for p, tid in zip(s.committed, s.committed_ids) if p < len(run.answer_ids)]}
+            for s in run.generation.steps
+        ]
+        return Explanation(
+            answer=run.adapter.join(run.texts),
+            tokens=[run.texts[i] for i in indices],
+            token_ids=[run.answer_ids[i] for i in indices],
+            token_indices=list(indices),
+            steps=[run.generation.commit_step[i] for i in indices],
+            maps=place_maps(refined, raw.grids, size),
+            raw_maps=place_maps([m.astype(np.float32) for m in raw.grid_maps], raw.grids, size),
+            grid_maps=refined[0],
+            raw_grid_maps=raw.grid_maps[0].astype(np.float32),
+            image=run.inputs.images[0],
+            prompt=run.inputs.prompt,
+            model=run.adapter.name,
+            method=self.name,
+            settings=self.settings(),
+            scores=[float(s) for s in raw.scores],
+            degenerate=[bool(d) for d in raw.degenerate],
+            trajectory=[s for s in steps_with_commits if s["committed"]],
+            answer_tokens=list(run.texts),
+        )

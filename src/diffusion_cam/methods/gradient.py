@@ -1,0 +1,117 @@
+"""Gradient-weighted maps from a hooked block, at the trajectory or the final state."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UnknownNameError
+from ..extract import CAM_FORMULAS, SCORES, Target, cam_from_grid, grid_gradients, normalize, target_scores
+from .base import ExplanationMethod, RawMaps, Run
+
+
+class GradientCAM(ExplanationMethod):
+    """CAM from activations and score gradients of one or several blocks.
+
+    ``state="trajectory"`` explains each token at the denoising step that
+    committed it (tokens committed together share one forward);
+    ``state="final"`` explains every token from one forward over the whole
+    generated answer.  Gradients of all tokens of one forward come from one
+    batched vector-Jacobian product, ``chunk_size`` tokens at a time.
+    """
+
+    name = "gradient-cam"
+
+    def __init__(self, adapter, *, layer: int | Sequence[int] | None = None, state: str = "trajectory",
+                 score: str = "logit", cam: str = "poscam", chunk_size: int = 16,
+                 distractor: int | str | None = None, **kwargs: Any) -> None:
+        super().__init__(adapter, **kwargs)
+        if score not in SCORES:
+            raise UnknownNameError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+        if cam not in CAM_FORMULAS:
+            raise UnknownNameError(f"unknown CAM formula {cam!r}; choose one of {', '.join(CAM_FORMULAS)}")
+        adapter.check_state(state)
+        self.layers = adapter.resolve_layers(layer)
+        self.state, self.score, self.cam = state, score, cam
+        self.chunk_size = chunk_size
+        self.distractor = distractor
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "layers": self.layers, "state": self.state, "score": self.score,
+                "cam": self.cam, "chunk_size": self.chunk_size,
+                "distractor": self.distractor}
+
+    # ------------------------------------------------------------------ plan
+    def forwards(self, run: Run, indices: list[int]) -> list[tuple[torch.Tensor, list[int]]]:
+        """(input sequence, answer indices explained from it) for every forward to run."""
+        if self.state == "final":
+            return [(run.generation.sequence, list(indices))]
+        groups: dict[int, list[int]] = {}
+        for i in indices:
+            groups.setdefault(run.generation.commit_step[i], []).append(i)
+        return [(run.generation.steps[s].sequence, members) for s, members in sorted(groups.items())]
+
+    def _distractor_id(self, run: Run, i: int) -> int | None:
+        if self.score != "contrastive":
+            return None
+        if self.distractor is not None:
+            return self.adapter.token_id(self.distractor) if isinstance(self.distractor, str) else int(self.distractor)
+        # as the reference: contrast with the first answer token that is a different token
+        for other in run.answer_ids:
+            if other != run.answer_ids[i]:
+                return other
+        raise UnknownNameError(
+            f"the contrastive score needs a distractor: the answer {run.texts!r} has no other token; pass distractor=WORD"
+        )
+
+    def targets(self, run: Run, members: list[int]) -> list[Target]:
+        return [Target(run.canvas_position(i), run.answer_ids[i], self._distractor_id(run, i)) for i in members]
+
+    # --------------------------------------------------------------- compute
+    def maps_from_gradients(self, gg) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per-grid (K, h, w) maps averaged over layers after normalisation."""
+        per_grid, degenerate = [], None
+        for g in range(len(gg.grids)):
+            stack, bad = [], None
+            for li in range(len(gg.layers)):
+                maps, flag = cam_from_grid(gg.acts[li][g], gg.grads[li][g], self.cam)
+                stack.append(maps)
+                bad = flag if bad is None else bad & flag  # degenerate only if every layer is
+            mean = torch.stack(stack).mean(0)
+            if len(stack) > 1:
+                mean, _ = normalize(mean)
+            per_grid.append(mean.cpu().numpy().astype(np.float32))
+            degenerate = bad if degenerate is None else degenerate | bad
+        return per_grid, degenerate.cpu().numpy()
+
+    def compute(self, run: Run, indices: list[int]) -> RawMaps:
+        order: list[int] = []
+        grids = None
+        grid_parts: list[list[np.ndarray]] = []
+        flags, scores = [], []
+        for sequence, members in self.forwards(run, indices):
+            targets = self.targets(run, members)
+            gg = grid_gradients(self.adapter, run.inputs, sequence, self.layers,
+                                lambda logits, t=targets: target_scores(logits, t, self.score), self.chunk_size)
+            if grids is None:
+                grids = gg.grids
+            elif [g.shape for g in gg.grids] != [g.shape for g in grids]:
+                raise RuntimeError("image grids changed between denoising steps; the adapter must report stable grids")
+            maps, bad = self.maps_from_gradients(gg)
+            grid_parts.append(maps)
+            flags.append(bad)
+            scores.append(gg.scores.cpu().numpy())
+            order.extend(members)
+        # forwards come in step order; put rows back in answer order
+        perm = np.argsort(np.asarray(order), kind="stable")
+        grid_maps = [np.concatenate([part[g] for part in grid_parts])[perm] for g in range(len(grids))]
+        return RawMaps(grids, grid_maps, np.concatenate(flags)[perm], np.concatenate(scores)[perm].astype(np.float64))
+
+
+class DiffusionCAM(GradientCAM):
+    """Diffusion-CAM: trajectory-aware positive-gradient CAM plus AKD, DACG, CBA and SICD."""
+
+    name = "diffusion-cam"
+    default_modules = ("akd", "dacg", "cba", "sicd")

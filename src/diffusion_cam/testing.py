@@ -1,0 +1,172 @@
+"""A tiny randomly initialised LLaDA-V-style model behind the adapter protocol.
+
+Used by the test-suite and the benchmarks: vision patches -> MLP projector ->
+bidirectional transformer with a mask token, image tokens inside the one
+sequence.  Its weights are random, so its answers are meaningless, but every
+code path of extraction runs on it exactly as on a real model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapters.base import Adapter, GenerationConfig, ImageGrid, ModelInputs
+from .errors import PromptError, TargetError
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<mask>", "<image>", "<sep>"]
+WORDS = ["a", "and", "the", "describe", "image", "what", "color", "shape", "is", "how", "many", "objects",
+         "red", "green", "blue", "yellow", "purple", "circle", "square", "triangle", "cross", "one", "two", "three"]
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    image_size: int = 48
+    patch: int = 8
+    dim: int = 32
+    heads: int = 2
+    layers: int = 4
+    vision_layers: int = 1
+    seed: int = 0
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+
+class Block(nn.Module):
+    """Pre-norm bidirectional attention + MLP block (no causal mask)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1) @ v
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyDMLLM(nn.Module):
+    def __init__(self, config: TinyConfig = TinyConfig()) -> None:
+        super().__init__()
+        torch.manual_seed(config.seed)
+        self.config = config
+        c = config
+        self.patch_embed = nn.Linear(3 * c.patch * c.patch, c.dim)
+        self.vision_pos = nn.Parameter(torch.randn(c.grid * c.grid, c.dim) * 0.02)
+        self.vision_blocks = nn.ModuleList(Block(c.dim, c.heads) for _ in range(c.vision_layers))
+        self.projector = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.dim))
+        self.embed = nn.Embedding(len(SPECIALS) + len(WORDS), c.dim)
+        self.pos = nn.Parameter(torch.randn(512, c.dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads) for _ in range(c.layers))
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, len(SPECIALS) + len(WORDS))
+        with torch.no_grad():
+            # random weights would often answer <eos> at once; keep answers made of words
+            self.head.bias[: len(SPECIALS)] = -10.0
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        p = self.config.patch
+        patches = F.unfold(pixels, kernel_size=p, stride=p).transpose(1, 2)  # (B, N, 3*p*p), raster order
+        x = self.patch_embed(patches) + self.vision_pos
+        for block in self.vision_blocks:
+            x = block(x)
+        return self.projector(x)
+
+    def forward(self, input_ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.embed(input_ids)
+        is_image = input_ids == SPECIALS.index("<image>")
+        feats = self.encode_image(pixels).to(x.dtype)
+        x = x.masked_scatter(is_image[..., None], feats[:, : int(is_image[0].sum())])
+        x = x + self.pos[: x.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+class TinyAdapter(Adapter):
+    family = "tiny-llada-v"
+    name = "tiny-random"
+
+    def __init__(self, model: TinyDMLLM | None = None, gen_length: int = 8) -> None:
+        self._model = (model or TinyDMLLM()).eval()
+        self.vocab = SPECIALS + WORDS
+        self._gen_length = gen_length
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    def blocks(self) -> nn.ModuleList:
+        return self._model.blocks
+
+    @property
+    def mask_token_id(self) -> int:
+        return SPECIALS.index("<mask>")
+
+    @property
+    def stop_token_ids(self) -> frozenset[int]:
+        return frozenset({SPECIALS.index("<eos>"), SPECIALS.index("<pad>")})
+
+    @property
+    def default_generation(self) -> GenerationConfig:
+        return GenerationConfig(gen_length=self._gen_length)
+
+    def prepare(self, images: Sequence[np.ndarray], prompt: str, gen_length: int) -> ModelInputs:
+        words = prompt.lower().split()
+        if not words:
+            raise PromptError("prompt is empty")
+        unknown = [w for w in words if w not in WORDS]
+        if unknown:
+            raise PromptError(f"prompt word(s) {unknown} are not in the tiny model's vocabulary")
+        c = self._model.config
+        img = torch.from_numpy(np.asarray(images[0], dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        img = F.interpolate(img, size=(c.image_size, c.image_size), mode="bilinear", align_corners=False)
+        ids = ([SPECIALS.index("<bos>")] + [SPECIALS.index("<image>")] * (c.grid * c.grid)
+               + [self.vocab.index(w) for w in words] + [SPECIALS.index("<sep>")])
+        answer_start = len(ids)
+        ids += [self.mask_token_id] * gen_length
+        return ModelInputs(torch.tensor(ids), answer_start, gen_length, list(images), prompt, {"pixels": img})
+
+    def forward(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:
+        pixels = inputs.extras["pixels"].to(self.device).expand(sequence.shape[0], -1, -1, -1)
+        return self._model(sequence, pixels)
+
+    def image_grids(self, inputs: ModelInputs, sequence: torch.Tensor) -> list[ImageGrid]:
+        positions = torch.nonzero(sequence == SPECIALS.index("<image>")).flatten().tolist()
+        g = self._model.config.grid
+        h, w = inputs.image_size
+        return [ImageGrid(tuple(positions), (g, g), (0.0, 0.0, float(w), float(h)))]
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        return [self.vocab[i] if not self.vocab[i].startswith("<") else "" for i in ids]
+
+    def token_id(self, word: str) -> int:
+        if word not in self.vocab:
+            raise TargetError(f"word {word!r} is not in the tiny model's vocabulary")
+        return self.vocab.index(word)
+
+    def logit_lens(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._model.head(self._model.norm(hidden))
+
+
+def tiny_adapter(seed: int = 0, gen_length: int = 8, **config) -> TinyAdapter:
+    """A fresh tiny adapter with seeded random weights."""
+    return TinyAdapter(TinyDMLLM(TinyConfig(seed=seed, **config)), gen_length=gen_length)
+
+
+def random_image(seed: int = 0, size: int = 48) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)

@@ -1,0 +1,181 @@
+"""Extraction on the tiny random LLaDA-V-style model: gradients, replay, batching, hooks."""
+
+import numpy as np
+import pytest
+import torch
+
+import diffusion_cam as dc
+from diffusion_cam.adapters.base import GenerationConfig
+from diffusion_cam.errors import InfeasibleStateError, LayerError, TargetError, UnknownNameError
+from diffusion_cam.extract import Target, count_hooks, grid_gradients, target_scores
+from diffusion_cam.generation import llada_generate
+
+PROMPT = "describe the image"
+
+
+def _run(tiny, image):
+    inputs = tiny.prepare([image], PROMPT, 8)
+    return inputs, llada_generate(tiny, inputs, GenerationConfig(gen_length=8))
+
+
+def test_gradients_reach_every_image_position_midway_and_none_at_last_block(tiny, image):
+    inputs, gen = _run(tiny, image)
+    targets = [Target(inputs.answer_start + i, gen.answer_ids[i]) for i in range(8)]
+    last = len(tiny.blocks()) - 1
+    gg = grid_gradients(tiny, inputs, gen.sequence, [1, last], lambda lg: target_scores(lg, targets), 8)
+    mid = gg.grads[0][0]  # (K, h, w, D)
+    assert mid.shape == (8, 6, 6, 32)
+    per_position = mid.abs().sum(-1)  # (K, h, w)
+    assert (per_position > 0).all(), "some image position got no gradient at an intermediate block"
+    assert gg.grads[1][0].abs().max() == 0, "the last block's image positions cannot reach answer logits"
+
+
+def test_trajectory_replay_reproduces_generation_logits(tiny, image):
+    inputs, gen = _run(tiny, image)
+    assert len(gen.steps) == 8 and sorted(p for s in gen.steps for p in s.committed) == list(range(8))
+    for step in gen.steps:
+        with torch.no_grad():
+            logits = tiny.forward(inputs, step.sequence[None])[0]
+        masked = step.sequence == tiny.mask_token_id
+        for p, tid in zip(step.committed, step.committed_ids):
+            pos = inputs.answer_start + p
+            assert masked[pos]
+            assert int(logits[pos].argmax()) == tid
+        # the replay is bit-identical to a second replay (no hidden randomness)
+        with torch.no_grad():
+            again = tiny.forward(inputs, step.sequence[None])[0]
+        assert torch.equal(logits, again)
+
+
+def test_committed_ids_match_final_answer(tiny, image):
+    _, gen = _run(tiny, image)
+    for step in gen.steps:
+        for p, tid in zip(step.committed, step.committed_ids):
+            assert gen.answer_ids[p] == tid
+            assert gen.commit_step[p] == step.index
+
+
+def test_batched_vjp_equals_per_token_backward(tiny, image):
+    inputs, gen = _run(tiny, image)
+    targets = [Target(inputs.answer_start + i, gen.answer_ids[i]) for i in range(8)]
+    batched = grid_gradients(tiny, inputs, gen.sequence, [1], lambda lg: target_scores(lg, targets), chunk_size=3)
+    for k, t in enumerate(targets):
+        single = grid_gradients(tiny, inputs, gen.sequence, [1], lambda lg, t=t: target_scores(lg, [t]), chunk_size=1)
+        torch.testing.assert_close(batched.grads[0][0][k], single.grads[0][0][0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("score", ["logit", "logprob", "contrastive", "vocab_sum"])
+@pytest.mark.parametrize("cam", ["poscam", "gradcam"])
+def test_maps_are_deterministic_and_normalised(tiny, image, score, cam):
+    m = dc.GradientCAM(tiny, layer=1, score=score, cam=cam, modules=())
+    a = m.explain(image, PROMPT)
+    b = m.explain(image, PROMPT)
+    assert a.maps.dtype == np.float32 and a.maps.shape == (len(a.tokens), 48, 48)
+    assert np.array_equal(a.maps, b.maps) and np.array_equal(a.raw_grid_maps, b.raw_grid_maps)
+    assert a.grid_maps.shape == (len(a.tokens), 6, 6)
+    assert a.maps.min() >= 0 and a.maps.max() <= 1
+    assert all(np.isclose(m.max(), 1.0) for m, bad in zip(a.raw_grid_maps, a.degenerate) if not bad)
+
+
+def test_states_differ_and_trajectory_groups_by_step(tiny, image):
+    traj = dc.GradientCAM(tiny, layer=1, state="trajectory", modules=()).explain(image, PROMPT)
+    final = dc.GradientCAM(tiny, layer=1, state="final", modules=()).explain(image, PROMPT)
+    assert traj.answer == final.answer and traj.steps == final.steps
+    assert sorted(traj.steps) == list(range(8))
+    assert not np.allclose(traj.raw_grid_maps, final.raw_grid_maps)
+
+
+def test_several_layers_average_after_normalisation(tiny, image):
+    one = dc.GradientCAM(tiny, layer=0, modules=()).explain(image, PROMPT)
+    two = dc.GradientCAM(tiny, layer=1, modules=()).explain(image, PROMPT)
+    both = dc.GradientCAM(tiny, layer=[0, 1], modules=()).explain(image, PROMPT)
+    mean = (one.raw_grid_maps + two.raw_grid_maps) / 2
+    lo = mean.min(axis=(1, 2), keepdims=True)
+    hi = mean.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(both.raw_grid_maps, (mean - lo) / (hi - lo + 1e-8), atol=1e-5)
+
+
+def test_hooks_removed_after_exception_inside_explain(tiny, image, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom inside the backward")
+
+    monkeypatch.setattr("diffusion_cam.extract.engine.batched_vjp", boom)
+    method = dc.GradientCAM(tiny, layer=[0, 2], modules=())
+    with pytest.raises(RuntimeError, match="boom"):
+        method.explain(image, PROMPT)
+    assert count_hooks(tiny.model) == 0
+
+
+def test_no_hooks_left_after_success(tiny, image):
+    dc.GradientCAM(tiny, layer=[0, 1, 2], modules=()).explain(image, PROMPT)
+    assert count_hooks(tiny.model) == 0
+
+
+def test_targets_by_index_and_word(tiny, image):
+    full = dc.GradientCAM(tiny, layer=1, modules=()).explain(image, PROMPT)
+    part = dc.GradientCAM(tiny, layer=1, modules=()).explain(image, PROMPT, targets=[2, 0])
+    assert part.token_indices == [0, 2]
+    np.testing.assert_allclose(part.raw_grid_maps, full.raw_grid_maps[[0, 2]], atol=1e-6)
+    word = full.tokens[0]
+    by_word = dc.GradientCAM(tiny, layer=1, modules=()).explain(image, PROMPT, targets=word)
+    assert all(t == word for t in by_word.tokens)
+    with pytest.raises(TargetError, match="out of range"):
+        dc.GradientCAM(tiny, layer=1, modules=()).explain(image, PROMPT, targets=[99])
+    with pytest.raises(TargetError, match="not in the answer"):
+        dc.GradientCAM(tiny, layer=1, modules=()).explain(image, PROMPT, targets=["zebra"])
+
+
+def test_bad_layer_state_and_names(tiny):
+    with pytest.raises(LayerError, match="layer 7 is out of range.*4 blocks"):
+        dc.GradientCAM(tiny, layer=7)
+    with pytest.raises(LayerError):
+        dc.GradientCAM(tiny, layer=-5)
+    with pytest.raises(UnknownNameError, match="unknown score"):
+        dc.GradientCAM(tiny, score="nope")
+    with pytest.raises(UnknownNameError, match="unknown state"):
+        dc.GradientCAM(tiny, state="middle")
+    with pytest.raises(UnknownNameError, match="unknown refinement module"):
+        dc.GradientCAM(tiny, modules=("akd", "blur"))
+    with pytest.raises(UnknownNameError, match="unknown method"):
+        dc.get_method("grad-cam++", tiny)
+
+
+def test_infeasible_state_is_an_error_that_says_why(tiny):
+    tiny.state_support = {"trajectory": "answer steps only see the cached prompt", "final": None}
+    with pytest.raises(InfeasibleStateError, match="cached prompt"):
+        dc.GradientCAM(tiny, state="trajectory")
+
+
+def test_all_zero_gradient_gives_flagged_zero_map(tiny, image, monkeypatch):
+    from diffusion_cam.errors import DegenerateMapWarning
+    import diffusion_cam.methods.gradient as grad_mod
+
+    real = grad_mod.grid_gradients
+
+    def zero_grads(*args, **kwargs):
+        gg = real(*args, **kwargs)
+        gg.grads = [[torch.zeros_like(g) for g in layer] for layer in gg.grads]
+        return gg
+
+    monkeypatch.setattr(grad_mod, "grid_gradients", zero_grads)
+    with pytest.warns(DegenerateMapWarning, match="no positive evidence"):
+        exp = dc.DiffusionCAM(tiny, layer=1).explain(image, PROMPT)
+    assert all(exp.degenerate)
+    assert not exp.maps.any() and np.isfinite(exp.maps).all()
+
+
+def test_sampling_needs_seed_and_is_reproducible(tiny, image):
+    inputs = tiny.prepare([image], PROMPT, 8)
+    with pytest.raises(ValueError, match="seed"):
+        llada_generate(tiny, inputs, GenerationConfig(gen_length=8, temperature=1.0))
+    a = llada_generate(tiny, inputs, GenerationConfig(gen_length=8, temperature=1.0, seed=3))
+    b = llada_generate(tiny, inputs, GenerationConfig(gen_length=8, temperature=1.0, seed=3))
+    assert a.answer_ids == b.answer_ids
+
+
+def test_block_wise_generation_commits_left_block_first(tiny, image):
+    inputs = tiny.prepare([image], PROMPT, 8)
+    gen = llada_generate(tiny, inputs, GenerationConfig(gen_length=8, steps=4, block_length=4))
+    assert len(gen.steps) == 4
+    assert all(p < 4 for s in gen.steps[:2] for p in s.committed)
+    assert all(p >= 4 for s in gen.steps[2:] for p in s.committed)
