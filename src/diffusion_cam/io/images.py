@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,17 @@ MIN_SIDE = 2
 
 
 def _to_rgb_array(img: Image.Image, source: str) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grey: scale to 8 bits by the image's own range
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit grey keeps its brightness (65535 -> 255) so the model sees what the user sees;
+        # only values outside the 16-bit range (32-bit int, float images) are scaled by their own range
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageLoadError(f"{source}: image has non-finite pixel values")
         lo, hi = float(arr.min()), float(arr.max())
-        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        if lo >= 0 and hi <= 65535 and img.mode != "F":
+            arr = arr / 257.0
+        else:
+            arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
         img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         # composite on white rather than keeping whatever colour hides under alpha
@@ -59,14 +66,20 @@ def load_image(image: Any) -> np.ndarray:
         if path.stat().st_size == 0:
             raise ImageLoadError(f"{source}: file is empty (0 bytes)")
         try:
-            with Image.open(path) as img:
-                width, height = img.size
-                _check_size(height, width, source)
-                img.load()
-                return _to_rgb_array(img, source)
+            with warnings.catch_warnings():
+                # our own MAX_PIXELS check below refuses big images; PIL's bomb warning would only add noise
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:  # lazy: reads the header only, so the size check runs before decoding
+                    width, height = img.size
+                    _check_size(height, width, source)
+                    img.load()
+                    return _to_rgb_array(img, source)
         except ImageLoadError:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except Image.DecompressionBombError as err:  # PIL refuses at open above ~2x its own limit
+            raise ImageLoadError(f"{source}: image is too large to decode safely ({err}); "
+                                 f"the limit is {MAX_PIXELS:,} pixels, downscale it first") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ImageLoadError(f"{source}: cannot decode image ({err})") from None
     if isinstance(image, Image.Image):
         width, height = image.size
