@@ -99,6 +99,7 @@ class TinyDMLLM(nn.Module):
 
 class TinyAdapter(Adapter):
     family = "tiny-llada-v"
+    batch_expand_safe = True
     name = "tiny-random"
 
     def __init__(self, model: TinyDMLLM | None = None, gen_length: int = 8) -> None:
@@ -139,6 +140,12 @@ class TinyAdapter(Adapter):
                + [self.vocab.index(w) for w in words] + [SPECIALS.index("<sep>")])
         answer_start = len(ids)
         ids += [self.mask_token_id] * gen_length
+        context = self._model.pos.shape[0]
+        if len(ids) > context:
+            raise PromptError(
+                f"prompt of {len(words)} words plus {c.grid * c.grid} image tokens and a {gen_length}-token answer "
+                f"is {len(ids)} tokens, above the tiny model's context of {context}"
+            )
         return ModelInputs(torch.tensor(ids), answer_start, gen_length, list(images), prompt, {"pixels": img})
 
     def forward(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:

@@ -108,6 +108,11 @@ class Adapter(ABC):
     state_support: Mapping[str, str | None] = {"trajectory": None, "final": None}
     #: whether the adapter was checked against real released weights
     verified_on_real_weights: bool = False
+    #: True when the blocks after any hooked block treat the batch dimension
+    #: independently and broadcast batch-1 side inputs (masks, caches), so the
+    #: hooked hidden state may be repeated K times to get K gradients in one
+    #: batched backward.  False falls back to a vmapped vector-Jacobian product.
+    batch_expand_safe: bool = False
 
     # ------------------------------------------------------------------ model
     @property

@@ -44,30 +44,85 @@ def _cut(hidden: torch.Tensor, grid: ImageGrid, layer: int) -> torch.Tensor:
     return hidden.index_select(-2, idx).reshape(*hidden.shape[:-2], h, w, hidden.shape[-1])
 
 
+def _hooked(rec: ActivationRecorder, layers: Sequence[int], grids: Sequence[ImageGrid]):
+    keys, tensors = [], []
+    for layer in layers:
+        for call in sorted({g.call for g in grids}):
+            hidden = rec.get(layer, call)
+            if not hidden.requires_grad:
+                raise ExtractionError(
+                    f"block {layer} output does not require grad: enable gradients on the model "
+                    "parameters or make the input embeddings require grad"
+                )
+            keys.append((layer, call))
+            tensors.append(hidden)
+    return keys, tensors
+
+
 def grid_gradients(adapter: Adapter, inputs: ModelInputs, sequence: torch.Tensor, layers: Sequence[int],
-                   score_fn: ScoreFn, chunk_size: int = 16) -> GridGradients:
-    """Run one forward of ``sequence`` with hooks on ``layers`` and differentiate ``score_fn``."""
+                   score_fn: ScoreFn, chunk_size: int = 16, strategy: str | None = None,
+                   n_targets: int | None = None) -> GridGradients:
+    """Run one forward of ``sequence`` with hooks on ``layers`` and differentiate ``score_fn``.
+
+    ``strategy`` says how K target gradients come from one forward:
+    ``"expand"`` repeats the hidden state at the earliest hooked block K times
+    so that one ordinary batched backward yields all K gradients (fast; for
+    adapters whose later blocks broadcast over the batch, see
+    :attr:`Adapter.batch_expand_safe`); ``"vmap"`` uses a batched
+    vector-Jacobian product on a batch-1 graph.  Default: the adapter's choice.
+    ``n_targets`` (the length of ``score_fn``'s output) saves a probing forward.
+    """
     blocks = adapter.blocks()
     grids = adapter.image_grids(inputs, sequence)
     if not grids:
         raise InfeasibleStateError(f"{adapter.family} adapter reports no image grid for this forward")
+    strategy = strategy or ("expand" if adapter.batch_expand_safe else "vmap")
+    seq = sequence[None].to(adapter.device)
+    if strategy == "expand":
+        return _expanded(adapter, inputs, seq, layers, score_fn, chunk_size, blocks, grids, n_targets)
+    if strategy != "vmap":
+        raise ValueError(f"unknown gradient strategy {strategy!r}; choose expand or vmap")
     with torch.enable_grad(), ActivationRecorder(blocks, layers, adapter.unwrap) as rec:
-        logits = adapter.forward(inputs, sequence[None].to(adapter.device))[0]
+        logits = adapter.forward(inputs, seq)[0]
         scores = score_fn(logits)
-        wrt: list[torch.Tensor] = []
-        keys: list[tuple[int, int]] = []
-        for layer in layers:
-            for call in sorted({g.call for g in grids}):
-                hidden = rec.get(layer, call)
-                if not hidden.requires_grad:
-                    raise ExtractionError(
-                        f"block {layer} output does not require grad: enable gradients on the model "
-                        "parameters or make the input embeddings require grad"
-                    )
-                wrt.append(hidden)
-                keys.append((layer, call))
+        keys, wrt = _hooked(rec, layers, grids)
         grads = batched_vjp(scores, wrt, chunk_size=chunk_size)
     by_key = {key: (h.detach(), g) for key, h, g in zip(keys, wrt, grads)}
+    return _cut_all(layers, grids, by_key, scores, logits)
+
+
+def _expanded(adapter, inputs, seq, layers, score_fn, chunk_size, blocks, grids, k) -> GridGradients:
+    if k is None:
+        with torch.no_grad():
+            k = int(score_fn(adapter.forward(inputs, seq)[0]).shape[0])
+    chunk_size = max(1, int(chunk_size))
+    parts: dict[tuple[int, int], list[torch.Tensor]] = {}
+    hidden_of: dict[tuple[int, int], torch.Tensor] = {}
+    scores_all, logits0 = [], None
+    for start in range(0, k, chunk_size):
+        n = min(chunk_size, k - start)
+        with torch.enable_grad(), ActivationRecorder(blocks, layers, adapter.unwrap, expand=n) as rec:
+            logits = adapter.forward(inputs, seq)
+            if logits.shape[0] != n:
+                raise ExtractionError(
+                    f"{adapter.family} adapter: expanding the hooked hidden state to {n} copies gave logits of "
+                    f"batch {logits.shape[0]}; set batch_expand_safe = False for this adapter"
+                )
+            # copy j carries target start + j: its score depends on nothing in the other copies
+            scores = torch.stack([score_fn(logits[j])[start + j] for j in range(n)])
+            keys, wrt = _hooked(rec, layers, grids)
+            grads = torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
+        for key, h, g in zip(keys, wrt, grads):
+            parts.setdefault(key, []).append(torch.zeros_like(h) if g is None else g[:, None])
+            hidden_of.setdefault(key, h[:1].detach())
+        scores_all.append(scores.detach())
+        if logits0 is None:
+            logits0 = logits[0].detach()
+    by_key = {key: (hidden_of[key], torch.cat(parts[key])) for key in parts}
+    return _cut_all(layers, grids, by_key, torch.cat(scores_all), logits0)
+
+
+def _cut_all(layers, grids, by_key, scores, logits) -> GridGradients:
     acts_out, grads_out = [], []
     for layer in layers:
         layer_acts, layer_grads = [], []
@@ -78,4 +133,4 @@ def grid_gradients(adapter: Adapter, inputs: ModelInputs, sequence: torch.Tensor
             layer_grads.append(_cut(grad[:, 0], grid, layer).float())
         acts_out.append(layer_acts)
         grads_out.append(layer_grads)
-    return GridGradients(list(layers), grids, acts_out, grads_out, scores.detach(), logits.detach())
+    return GridGradients(list(layers), list(grids), acts_out, grads_out, scores.detach(), logits.detach())

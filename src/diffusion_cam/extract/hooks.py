@@ -19,10 +19,16 @@ class ActivationRecorder:
     per call, in call order.
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], layers: Sequence[int], unwrap: Callable[[Any], torch.Tensor]):
+    def __init__(self, blocks: Sequence[nn.Module], layers: Sequence[int], unwrap: Callable[[Any], torch.Tensor],
+                 expand: int | None = None):
         self._blocks = blocks
         self.layers = list(layers)
         self._unwrap = unwrap
+        # ``expand=K``: the earliest hooked block's output is repeated K times along the
+        # batch, so the rest of the model runs K identical copies whose gradients are
+        # independent — K per-target backward passes in one ordinary batched backward.
+        self._expand = expand
+        self._first = min(self.layers) if expand else None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.outputs: dict[int, list[torch.Tensor]] = {}
 
@@ -45,11 +51,20 @@ class ActivationRecorder:
         self._handles.clear()
 
     def _make_hook(self, layer: int):
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
             hidden = self._unwrap(output)
             if not isinstance(hidden, torch.Tensor):
                 raise ExtractionError(f"block {layer} returned {type(hidden).__name__}, not a tensor")
+            if layer == self._first and hidden.shape[0] == 1:
+                hidden = hidden.expand(self._expand, *hidden.shape[1:])
+                self.outputs[layer].append(hidden)
+                if isinstance(output, tuple):
+                    return (hidden, *output[1:])
+                if isinstance(output, list):
+                    return [hidden, *output[1:]]
+                return hidden
             self.outputs[layer].append(hidden)
+            return None
 
         return hook
 

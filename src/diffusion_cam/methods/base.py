@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..adapters.base import Adapter, GenerationConfig, ImageGrid, ModelInputs
-from ..errors import DegenerateMapWarning, TargetError, UnknownNameError
+from ..errors import DegenerateMapWarning, PromptError, TargetError, UnknownNameError
 from ..explanation import Explanation
 from ..extract import place_maps
 from ..generation import GenerationResult
@@ -86,6 +86,9 @@ class ExplanationMethod(ABC):
     # ------------------------------------------------------------- pipeline
     def generate(self, image: Any, prompt: str, gen_length: int | None = None) -> Run:
         """Load the image, build the inputs and generate the answer with its trajectory."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            # checked here so that every adapter refuses it the same way, before the image is decoded
+            raise PromptError(f"prompt is empty ({prompt!r}): ask a question or give an instruction about the image")
         images = [load_image(im) for im in (image if isinstance(image, (list, tuple)) else [image])]
         config = self.generation
         if gen_length is not None:
@@ -150,7 +153,7 @@ class ExplanationMethod(ABC):
             if bad:
                 warnings.warn(
                     f"token {i} ({run.texts[i]!r}) has no positive evidence at the hooked layer "
-                    "(all-zero or non-finite gradients): its map is reported as zeros",
+                    "(zero, constant or non-finite map, e.g. all-zero gradients): its map is reported as zeros",
                     DegenerateMapWarning, stacklevel=3,
                 )
         refined = [self.refine_grid_maps(run, m) for m in raw.grid_maps]

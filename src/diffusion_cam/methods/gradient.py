@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import UnknownNameError
+from ..errors import TargetError, UnknownNameError
 from ..extract import CAM_FORMULAS, SCORES, Target, cam_from_grid, grid_gradients, normalize, target_scores
 from .base import ExplanationMethod, RawMaps, Run
 
@@ -62,7 +62,7 @@ class GradientCAM(ExplanationMethod):
         for other in run.answer_ids:
             if other != run.answer_ids[i]:
                 return other
-        raise UnknownNameError(
+        raise TargetError(
             f"the contrastive score needs a distractor: the answer {run.texts!r} has no other token; pass distractor=WORD"
         )
 
@@ -94,7 +94,8 @@ class GradientCAM(ExplanationMethod):
         for sequence, members in self.forwards(run, indices):
             targets = self.targets(run, members)
             gg = grid_gradients(self.adapter, run.inputs, sequence, self.layers,
-                                lambda logits, t=targets: target_scores(logits, t, self.score), self.chunk_size)
+                                lambda logits, t=targets: target_scores(logits, t, self.score), self.chunk_size,
+                                n_targets=len(targets))
             if grids is None:
                 grids = gg.grids
             elif [g.shape for g in gg.grids] != [g.shape for g in grids]:

@@ -1,0 +1,144 @@
+"""Adapter for the built-in shapes-tiny model (LLaDA-V layout: image tokens inside one sequence)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError, PromptError, TargetError
+from .base import Adapter, GenerationConfig, ImageGrid, ModelInputs
+from .registry import ModelEntry, register_model
+
+#: block chosen by the layer sweep on held-out scenes (README, "Choosing the layer")
+DEFAULT_LAYER = None
+
+
+class ShapesTinyAdapter(Adapter):
+    family = "shapes-tiny"
+    batch_expand_safe = True
+    state_support = {"trajectory": None, "final": None}
+    verified_on_real_weights = True
+
+    def __init__(self, model, name: str = "shapes-tiny") -> None:
+        from ..models.shapes_tiny import tokenizer_for
+
+        self._model = model.eval()
+        self.tokenizer = tokenizer_for(model)
+        self.name = name
+
+    # ------------------------------------------------------------------ model
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    def blocks(self) -> nn.ModuleList:
+        return self._model.blocks
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.tokenizer.mask_id
+
+    @property
+    def stop_token_ids(self) -> frozenset[int]:
+        return frozenset({self.tokenizer.eos_id, self.tokenizer.pad_id})
+
+    @property
+    def default_layer(self) -> int:
+        layer = self._model.config.__dict__.get("default_layer") or DEFAULT_LAYER
+        return len(self.blocks()) // 2 if layer is None else int(layer)
+
+    @property
+    def default_generation(self) -> GenerationConfig:
+        return GenerationConfig(gen_length=self._model.config.gen_length)
+
+    # ----------------------------------------------------------------- inputs
+    @staticmethod
+    def normalise_prompt(prompt: str) -> str:
+        # users type questions with capitals and punctuation; the model knows lower-case words
+        return re.sub(r"[?.!,;:]", " ", prompt).lower().strip()
+
+    def prepare(self, images: Sequence[np.ndarray], prompt: str, gen_length: int) -> ModelInputs:
+        if len(images) != 1:
+            raise PromptError(f"shapes-tiny takes exactly one image, got {len(images)}")
+        text = self.normalise_prompt(prompt)
+        if not text:
+            raise PromptError("prompt is empty: ask e.g. 'describe the image' or 'how many objects'")
+        try:
+            ids, answer_start = self.tokenizer.build_input_ids(text, gen_length)
+        except ValueError as err:
+            raise PromptError(f"prompt {prompt!r}: {err}") from None
+        limit = self._model.config.max_seq_len
+        if len(ids) > limit:
+            raise PromptError(
+                f"prompt of {len(text.split())} words plus {self.tokenizer.n_image_tokens} image tokens and a "
+                f"{gen_length}-token answer is {len(ids)} tokens, above the model's context of {limit}"
+            )
+        size = self._model.config.image_size
+        image = images[0]
+        if image.shape[:2] != (size, size):
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        pixels = self._model.preprocess(image)
+        return ModelInputs(ids, answer_start, gen_length, list(images), prompt, {"pixel_values": pixels})
+
+    def forward(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:
+        pixels = inputs.extras["pixel_values"].to(self.device)
+        pixels = pixels.expand(sequence.shape[0], *pixels.shape[1:])
+        return self._model(sequence.to(self.device), pixels)
+
+    def image_grids(self, inputs: ModelInputs, sequence: torch.Tensor) -> list[ImageGrid]:
+        positions = torch.nonzero(sequence == self.tokenizer.image_id).flatten().tolist()
+        h, w = inputs.image_size
+        return [ImageGrid(tuple(positions), self._model.grid_size, (0.0, 0.0, float(w), float(h)))]
+
+    # ------------------------------------------------------------------ text
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        return [self.tokenizer.vocab[int(i)] if int(i) not in self.tokenizer.special_ids else "" for i in ids]
+
+    def token_id(self, word: str) -> int:
+        tid = self.tokenizer.token_to_id.get(word.strip().lower())
+        if tid is None:
+            raise TargetError(f"word {word!r} is not in the shapes-tiny vocabulary")
+        return tid
+
+    def logit_lens(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._model.lm_head(self._model.norm(hidden))
+
+
+def load_shapes_tiny(weights_dir: str | Path | None = None, verify: bool = True,
+                     trust_remote_code: bool = False, **_: Any) -> ShapesTinyAdapter:
+    """Load the shipped weights (or ``weights_dir``), refusing a file whose sha256 does not match."""
+    from safetensors import SafetensorError
+
+    from ..models.shapes_tiny import WEIGHTS_DIR, load_pretrained
+
+    directory = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    weights = directory / "model.safetensors"
+    if not weights.is_file() or not (directory / "config.json").is_file():
+        raise ModelLoadError(
+            f"shapes-tiny weights not found in {directory} (expected model.safetensors and config.json); "
+            "reinstall the package or train them with 'diffusion-cam train-shapes'"
+        )
+    try:
+        model = load_pretrained(directory, verify=verify)
+    except ValueError as err:
+        if "sha256" in str(err):
+            raise ModelLoadError(
+                f"{weights} is corrupt or truncated ({weights.stat().st_size:,} bytes): its sha256 does not match "
+                f"the one recorded in {directory / 'config.json'}; reinstall the package"
+            ) from None
+        raise ModelLoadError(f"cannot load shapes-tiny from {directory}: {err}") from None
+    except (SafetensorError, RuntimeError, OSError, KeyError) as err:
+        raise ModelLoadError(f"cannot load shapes-tiny weights {weights}: {err}") from None
+    return ShapesTinyAdapter(model, name="shapes-tiny" if weights_dir is None else str(directory))
+
+
+register_model(ModelEntry(
+    name="shapes-tiny", loader=load_shapes_tiny, family="shapes-tiny",
+    description="built-in LLaDA-V-style masked-diffusion VLM trained on the Shapes world (ships with the package)",
+))
