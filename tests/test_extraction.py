@@ -198,3 +198,26 @@ def test_block_wise_generation_commits_left_block_first(tiny, image):
     assert len(gen.steps) == 4
     assert all(p < 4 for s in gen.steps[:2] for p in s.committed)
     assert all(p >= 4 for s in gen.steps[2:] for p in s.committed)
+
+
+def test_diffusion_cam_refines_raw_maps_with_the_four_modules(tiny, image):
+    exp = dc.DiffusionCAM(tiny, layer=1).explain(image, PROMPT)
+    assert exp.settings["modules"] == ["akd", "dacg", "cba", "sicd"]
+    answer_ids = exp.token_ids  # every token is explained, so these are the whole answer
+    for raw, refined in zip(exp.raw_grid_maps, exp.grid_maps):
+        expected = dc.refine.refine(raw.astype(np.float64), answer_ids)
+        np.testing.assert_allclose(refined, expected, atol=1e-6)
+    assert not np.allclose(exp.grid_maps, exp.raw_grid_maps)
+    assert exp.maps.shape == exp.raw_maps.shape == (len(exp.tokens), 48, 48)
+
+
+def test_subset_of_targets_uses_the_whole_answer_for_reference_sicd(tiny, image):
+    full = dc.DiffusionCAM(tiny, layer=1).explain(image, PROMPT)
+    part = dc.DiffusionCAM(tiny, layer=1).explain(image, PROMPT, targets=[1])
+    np.testing.assert_allclose(part.grid_maps[0], full.grid_maps[1], atol=1e-6)
+
+
+def test_get_method_by_name_matches_class(tiny, image):
+    a = dc.get_method("diffusion-cam", tiny, layer=1).explain(image, PROMPT)
+    b = dc.DiffusionCAM(tiny, layer=1).explain(image, PROMPT)
+    assert np.array_equal(a.maps, b.maps)

@@ -135,17 +135,25 @@ class ExplanationMethod(ABC):
         raw = self.compute(run, indices)
         return self.build(run, indices, raw)
 
-    def refine_grid_maps(self, run: Run, maps: np.ndarray) -> np.ndarray:
-        from ..refine import refine_stack
+    def refine_grid_maps(self, run: Run, maps: np.ndarray, indices: list[int]) -> np.ndarray:
+        """Apply the refinement modules to (K, h, w) raw maps of the tokens at ``indices``."""
+        from ..refine import refine, refine_stack
 
         if not self.modules:
             return maps.astype(np.float32)
         params = dict(self.module_params)
         if self.akd_kernel == "adaptive":
-            params.setdefault("steps", len(run.generation.steps))
-            params.setdefault("image_size", max(run.inputs.image_size))
-        out = refine_stack(maps.astype(np.float64), run.answer_ids, modules=self.modules,
-                           sicd_mode=self.sicd_mode, akd_kernel=self.akd_kernel, **params)
+            params.setdefault("akd_steps", len(run.generation.steps))
+            params.setdefault("akd_image_size", max(run.inputs.image_size))
+        raw = maps.astype(np.float64)
+        if self.sicd_mode == "causal":
+            # causal SICD reads the other explained tokens' maps
+            out = refine_stack(raw, [run.answer_ids[i] for i in indices], modules=self.modules,
+                               sicd_mode="causal", akd_kernel=self.akd_kernel, **params)
+        else:
+            # reference SICD counts repeats over the whole answer, whichever tokens are explained
+            out = np.stack([refine(m, run.answer_ids, self.modules, akd_kernel=self.akd_kernel, **params)
+                            for m in raw])
         return np.asarray(out, dtype=np.float32)
 
     def build(self, run: Run, indices: list[int], raw: RawMaps) -> Explanation:
@@ -156,7 +164,7 @@ class ExplanationMethod(ABC):
                     "(zero, constant or non-finite map, e.g. all-zero gradients): its map is reported as zeros",
                     DegenerateMapWarning, stacklevel=3,
                 )
-        refined = [self.refine_grid_maps(run, m) for m in raw.grid_maps]
+        refined = [self.refine_grid_maps(run, m, indices) for m in raw.grid_maps]
         for r, bad in zip(refined, [raw.degenerate] * len(refined)):
             r[bad] = 0.0
         size = run.inputs.image_size
