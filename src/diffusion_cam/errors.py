@@ -38,6 +38,10 @@ class UnknownNameError(DiffusionCamError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class GenerationError(DiffusionCamError, ValueError):
+    """Generation settings are inconsistent (steps, block length, sampling without a seed)."""
+
+
 class ModelLoadError(DiffusionCamError):
     """Model weights or configuration are missing, corrupt or unsafe to load."""
 

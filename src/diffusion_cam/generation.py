@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .adapters.base import Adapter, GenerationConfig, ModelInputs
-from .errors import DiffusionCamError
+from .errors import DiffusionCamError, GenerationError
 
 
 @dataclass
@@ -54,20 +54,25 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
     if mask_id is None:
         raise DiffusionCamError(f"{adapter.family} has no mask token: its adapter must provide generate()")
     gen_len, block_len, steps = cfg.gen_length, cfg.block_length, cfg.steps
+    if gen_len <= 0:
+        raise GenerationError(f"generation length must be positive, got {gen_len}")
     if gen_len != inputs.gen_length:
-        raise ValueError(f"generation length {gen_len} differs from the prepared canvas ({inputs.gen_length})")
+        raise GenerationError(f"generation length {gen_len} differs from the prepared canvas ({inputs.gen_length})")
     if block_len <= 0 or gen_len % block_len:
-        raise ValueError(f"block_length {block_len} must divide gen_length {gen_len}")
+        raise GenerationError(f"block_length {block_len} must divide gen_length {gen_len}")
     n_blocks = gen_len // block_len
     if steps <= 0 or steps % n_blocks:
-        raise ValueError(f"steps {steps} must be a positive multiple of the number of blocks ({n_blocks})")
+        raise GenerationError(f"steps {steps} must be a positive multiple of the number of blocks ({n_blocks})")
     if cfg.remasking not in ("low_confidence", "random"):
-        raise ValueError(f"unknown remasking {cfg.remasking!r}; choose low_confidence or random")
+        raise GenerationError(f"unknown remasking {cfg.remasking!r}; choose low_confidence or random")
     steps_per_block = steps // n_blocks
     generator = None
     if cfg.temperature > 0 or cfg.remasking == "random":
         if cfg.seed is None:
-            raise ValueError("sampling (temperature > 0 or random remasking) needs an explicit seed")
+            raise GenerationError(
+                f"sampling (temperature {cfg.temperature} > 0 or random remasking) needs an explicit seed; "
+                "pass seed=N (CLI: --seed N) or use temperature 0 for greedy decoding"
+            )
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
 
     device = adapter.device

@@ -1,0 +1,480 @@
+"""Bad inputs, as a table: each must give one clear error, never a traceback or a silent empty result.
+
+Every row is checked through the Python API (a specific exception type from
+``diffusion_cam.errors``) and a representative subset, covering every error
+class, through the real ``diffusion-cam`` command in a subprocess (one line
+on stderr starting with ``error:``, non-zero exit).  The subprocesses start
+together, so the suite pays the torch import about once per core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+import diffusion_cam as dc
+from diffusion_cam import errors
+from diffusion_cam.io import images as image_io
+from diffusion_cam.safe_load import load_weights, verify_sha256, weight_files
+from diffusion_cam.testing import TinyAdapter, random_image, tiny_adapter
+
+MODEL = "tiny-random"
+PROMPT = "describe the image"
+#: a word the tiny model cannot produce (not in its vocabulary), so never in an answer
+ABSENT_WORD = "zebra"
+
+
+# ------------------------------------------------------------------ inputs
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height RGB pixels but carries only a few rows of data.
+
+    Decoding it would need width*height*3 bytes; refusing it from the header costs nothing.
+    """
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (3 * width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
+
+
+class ZeroHeadAdapter(TinyAdapter):
+    """Output head zeroed: every logit is constant in the hidden state, so every gradient is exactly zero."""
+
+    def __init__(self) -> None:
+        super().__init__(tiny_adapter()._model)
+        with torch.no_grad():
+            self._model.head.weight.zero_()
+
+
+class NanGradAdapter(TinyAdapter):
+    """Finite logits whose gradient is NaN: d sqrt(x - x) / dx = inf * 0."""
+
+    def forward(self, inputs, sequence):
+        logits = super().forward(inputs, sequence)
+        return logits + torch.sqrt(logits - logits)
+
+
+# Runs the real CLI entry point with an extra registered model whose gradients are all zero.
+ZERO_MODEL_CLI = """
+import sys
+import torch
+from diffusion_cam.adapters import ModelEntry, register_model
+from diffusion_cam.cli import main
+from diffusion_cam.testing import tiny_adapter
+
+
+def zero_head(**options):
+    adapter = tiny_adapter()
+    with torch.no_grad():
+        adapter.model.head.weight.zero_()
+    return adapter
+
+
+register_model(ModelEntry(name="zero-head", loader=zero_head, family="tiny-llada-v",
+                          description="tiny model with a zeroed output head"))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("bad_inputs")
+    rgb = random_image(0)
+    Image.fromarray(rgb).save(d / "ok.png")
+    (d / "zero.png").write_bytes(b"")
+    (d / "text.png").write_text("this is not an image\n")
+    full = (d / "ok.png").read_bytes()
+    (d / "truncated.png").write_bytes(full[: len(full) // 2])
+    Image.fromarray(rgb[:1, :1]).save(d / "one.png")
+    (d / "huge.png").write_bytes(huge_png_header(20_000, 20_000))
+    Image.fromarray(rgb[..., 0]).save(d / "gray.png")
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    rgba[:4, :4, 3] = 0  # transparent corner
+    Image.fromarray(rgba, mode="RGBA").save(d / "rgba.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(d / "palette.png")
+    g16 = (np.arange(48 * 48).reshape(48, 48) * 28).astype(np.uint16)  # 0 .. 64484
+    Image.fromarray(g16).save(d / "gray16.png")
+    (d / "a_file").write_text("a regular file cannot hold a directory\n")
+    (d / "zero_model_cli.py").write_text(ZERO_MODEL_CLI)
+    _small_checkpoints(d)
+    torch.save({"w": torch.ones(3)}, d / "model.pt")
+    return d
+
+
+def _small_checkpoints(d: Path) -> None:
+    """A small shapes-tiny checkpoint saved by the real writer, plus a truncated and a bit-flipped copy."""
+    from diffusion_cam.models.shapes_tiny import ShapesTinyConfig, ShapesTinyModel, save_pretrained
+
+    cfg = ShapesTinyConfig(d_model=32, n_layers=2, n_heads=2, vision_dim=32, vision_layers=1, stem_channels=(8, 16))
+    save_pretrained(ShapesTinyModel(cfg), d / "ckpt_ok")
+    for damage in ("truncated", "flipped"):
+        shutil.copytree(d / "ckpt_ok", d / f"ckpt_{damage}")
+        weights = d / f"ckpt_{damage}" / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        if damage == "truncated":
+            data = data[: len(data) - 1000]
+        else:
+            data[-100] ^= 0xFF
+        weights.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return tiny_adapter(seed=0, gen_length=8)
+
+
+def _explain(adapter, image, prompt=PROMPT, **options):
+    targets = options.pop("targets", None)
+    return dc.get_method("diffusion-cam", adapter, **options).explain(image, prompt, targets=targets)
+
+
+# -------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Row:
+    id: str
+    error: type[Exception] | None  # None: the input is accepted
+    match: str  # a fragment the message must contain (case-insensitive)
+    api: Callable | None  # (files, adapter) -> anything; must raise ``error``
+    cli: tuple[str, ...] | None  # argv after "diffusion-cam", with {d} the files directory
+
+
+LONG_PROMPT = " ".join(["describe"] * 600)
+
+ROWS = [
+    Row("missing_file", errors.ImageLoadError, "no such file",
+        lambda d, a: _explain(a, d / "missing.png"), None),
+    Row("zero_byte_file", errors.ImageLoadError, "empty",
+        lambda d, a: _explain(a, d / "zero.png"), None),
+    Row("text_named_png", errors.ImageLoadError, "cannot decode",
+        lambda d, a: _explain(a, d / "text.png"), None),
+    Row("truncated_png", errors.ImageLoadError, "cannot decode",
+        lambda d, a: _explain(a, d / "truncated.png"), None),
+    Row("one_pixel", errors.ImageLoadError, "1x1",
+        lambda d, a: _explain(a, d / "one.png"), None),
+    Row("huge_20000x20000", errors.ImageLoadError, "too large",
+        lambda d, a: _explain(a, d / "huge.png"), ("explain", "{d}/huge.png", "--prompt", PROMPT)),
+    Row("directory_as_image", errors.ImageLoadError, "directory",
+        lambda d, a: _explain(a, d), None),
+    Row("bad_array_shape", errors.ImageLoadError, "shape",
+        lambda d, a: _explain(a, np.zeros((8, 8, 2), np.uint8)), None),
+    Row("empty_prompt", errors.PromptError, "prompt is empty",
+        lambda d, a: _explain(a, d / "ok.png", "   "), ("explain", "{d}/ok.png", "--prompt", "")),
+    Row("prompt_over_context", errors.PromptError, "context",
+        lambda d, a: _explain(a, d / "ok.png", LONG_PROMPT), None),
+    Row("prompt_unknown_words", errors.PromptError, "vocabulary",
+        lambda d, a: _explain(a, d / "ok.png", "describe the zebra"), None),
+    Row("target_word_not_in_answer", errors.TargetError, "not in the answer",
+        lambda d, a: _explain(a, d / "ok.png", targets=[ABSENT_WORD]),
+        ("explain", "{d}/ok.png", "--prompt", PROMPT, "--targets", ABSENT_WORD)),
+    Row("target_index_out_of_range", errors.TargetError, "out of range",
+        lambda d, a: _explain(a, d / "ok.png", targets=[99]), None),
+    Row("layer_out_of_range", errors.LayerError, "out of range",
+        lambda d, a: _explain(a, d / "ok.png", layer=99), ("explain", "{d}/ok.png", "--prompt", PROMPT, "--layer", "99")),
+    Row("layer_negative_out_of_range", errors.LayerError, "out of range",
+        lambda d, a: _explain(a, d / "ok.png", layer=[1, -9]), None),
+    Row("unknown_model", errors.UnknownNameError, "unknown model",
+        lambda d, a: dc.load_model("no-such-model"), ("explain", "{d}/ok.png", "--prompt", PROMPT, "--model", "no-such-model")),
+    Row("unknown_method", errors.UnknownNameError, "unknown method",
+        lambda d, a: dc.get_method("no-such-method", a), None),
+    Row("unknown_module", errors.UnknownNameError, "unknown refinement module",
+        lambda d, a: _explain(a, d / "ok.png", modules=["akd", "blur"]), None),
+    Row("unknown_score", errors.UnknownNameError, "unknown score",
+        lambda d, a: _explain(a, d / "ok.png", score="entropy"), None),
+    Row("unknown_state", errors.UnknownNameError, "unknown state",
+        lambda d, a: _explain(a, d / "ok.png", state="middle"), None),
+    Row("unknown_device", errors.ModelLoadError, "device",
+        lambda d, a: dc.load_model(MODEL, device="no-such-device"),
+        ("explain", "{d}/ok.png", "--prompt", PROMPT, "--device", "no-such-device")),
+    Row("truncated_weights", errors.ModelLoadError, "sha256",
+        lambda d, a: dc.load_model("shapes-tiny", weights_dir=d / "ckpt_truncated"), None),
+    Row("corrupted_weights", errors.ModelLoadError, "sha256",
+        lambda d, a: dc.load_model("shapes-tiny", weights_dir=d / "ckpt_flipped"), None),
+    Row("missing_weights", errors.ModelLoadError, "not found",
+        lambda d, a: dc.load_model("shapes-tiny", weights_dir=d / "nowhere"), None),
+    Row("pickle_checkpoint", errors.ModelLoadError, "refusing to load pickle",
+        lambda d, a: load_weights(d / "model.pt"), None),
+    Row("unwritable_out", errors.OutputError, "cannot write",
+        lambda d, a: _explain(a, d / "ok.png").save(d / "a_file" / "sub"),
+        ("explain", "{d}/ok.png", "--prompt", PROMPT, "--out", "{d}/a_file/sub")),
+    Row("sampling_without_seed", errors.GenerationError, "seed",
+        lambda d, a: _explain(a, d / "ok.png", generation=dc.GenerationConfig(gen_length=8, temperature=0.7)),
+        ("explain", "{d}/ok.png", "--prompt", PROMPT, "--temperature", "0.7")),
+    # converted and accepted
+    Row("grayscale", None, "", lambda d, a: _explain(a, d / "gray.png"), None),
+    Row("rgba", None, "", lambda d, a: _explain(a, d / "rgba.png"), None),
+    Row("palette", None, "", lambda d, a: _explain(a, d / "palette.png"), None),
+    Row("gray_16bit", None, "", lambda d, a: _explain(a, d / "gray16.png"),
+        ("explain", "{d}/gray16.png", "--prompt", PROMPT, "--out", "{d}/out16", "--no-pictures")),
+]
+
+CLI_ROWS = [r for r in ROWS if r.cli is not None]
+
+
+def _cli_argv(row: Row, d: Path) -> list[str]:
+    args = [a.replace("{d}", str(d)) for a in row.cli]
+    if "--model" not in args and args[0] == "explain":
+        args += ["--model", MODEL]
+    if row.error is not None and "--out" not in args:
+        args += ["--out", str(d / f"out_{row.id}")]
+    return args
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DIFFUSION_CAM_DEBUG"}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def cli_results(files) -> dict[str, subprocess.CompletedProcess]:
+    """Run every CLI row (and the zero-gradient CLI run) as concurrent real subprocesses."""
+    jobs = {r.id: [sys.executable, "-m", "diffusion_cam.cli", *_cli_argv(r, files)] for r in CLI_ROWS}
+    jobs["zero_gradients"] = [sys.executable, str(files / "zero_model_cli.py"), "explain", str(files / "ok.png"),
+                              "--prompt", PROMPT, "--model", "zero-head", "--out", str(files / "out_zero"),
+                              "--no-pictures"]
+    procs = {k: subprocess.Popen(v, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=files)
+             for k, v in jobs.items()}
+    results = {}
+    for key, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results
+
+
+def test_every_error_class_reaches_the_cli():
+    classes = {r.error for r in CLI_ROWS if r.error is not None}
+    wanted = {errors.ImageLoadError, errors.PromptError, errors.TargetError, errors.LayerError,
+              errors.UnknownNameError, errors.ModelLoadError, errors.OutputError, errors.GenerationError}
+    assert wanted <= classes
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_api(row, files, adapter):
+    if row.error is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", errors.DegenerateMapWarning)  # a converted image must give real maps
+            exp = row.api(files, adapter)
+        assert exp.maps.shape[0] == len(exp.tokens) > 0
+        assert np.isfinite(exp.maps).all() and exp.maps.min() >= 0 and exp.maps.max() <= 1
+        return
+    with pytest.raises(row.error) as info:
+        row.api(files, adapter)
+    message = str(info.value)
+    assert row.match.lower() in message.lower()
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("row", CLI_ROWS, ids=[r.id for r in CLI_ROWS])
+def test_cli(row, files, cli_results):
+    res = cli_results[row.id]
+    assert "Traceback" not in res.stderr
+    if row.error is None:
+        assert res.returncode == 0, res.stderr
+        out = files / "out16"
+        doc = json.loads((out / "result.json").read_text())
+        assert doc["image_size"] == [48, 48] and doc["tokens"]
+        return
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode != 0
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert row.match.lower() in lines[0].lower()
+    assert "internal error" not in lines[0]
+    assert not list((files / f"out_{row.id}").glob("*.npz"))  # no partial result left behind
+
+
+# ------------------------------------------------------- images in detail
+def test_huge_image_is_refused_before_decoding(files, monkeypatch):
+    """The size check reads the header only: decoding would need 1.2 GB."""
+
+    def no_decode(self, *args, **kwargs):
+        raise AssertionError("the image was decoded before its size was checked")
+
+    monkeypatch.setattr(Image.Image, "load", no_decode)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    with pytest.raises(errors.ImageLoadError, match="too large"):
+        dc.load_image(files / "huge.png")
+    # between our limit and PIL's own bomb limit: refused by our check, from the header
+    (files / "big.png").write_bytes(huge_png_header(9000, 9000))
+    with pytest.raises(errors.ImageLoadError, match="81,000,000 pixels, above the limit"):
+        dc.load_image(files / "big.png")
+    big = np.broadcast_to(np.zeros(1, np.uint8), (9000, 9000, 3))  # no memory behind it
+    with pytest.raises(errors.ImageLoadError, match="above the limit"):
+        dc.load_image(big)
+    assert image_io.MAX_PIXELS < 9000 * 9000
+
+
+def test_converted_images_keep_their_pixels(files):
+    rgb = random_image(0)
+    gray = dc.load_image(files / "gray.png")
+    assert gray.dtype == np.uint8 and gray.shape == (48, 48, 3)
+    assert np.array_equal(gray[..., 0], rgb[..., 0]) and np.array_equal(gray[..., 1], gray[..., 2])
+    rgba = dc.load_image(files / "rgba.png")
+    assert np.array_equal(rgba[:4, :4], np.full((4, 4, 3), 255, np.uint8))  # transparent -> white
+    assert np.array_equal(rgba[8:, 8:], rgb[8:, 8:])
+    pal = dc.load_image(files / "palette.png")
+    expected = np.asarray(Image.open(files / "palette.png").convert("RGB"))
+    assert np.array_equal(pal, expected)
+    g16 = dc.load_image(files / "gray16.png")
+    src = np.asarray(Image.open(files / "gray16.png"), dtype=np.float64)
+    # 16-bit keeps its brightness (x / 257), it is not stretched to its own range
+    assert np.abs(g16[..., 0].astype(np.float64) - src / 257.0).max() <= 0.5
+    dark = np.full((8, 8), 1000, np.uint16)
+    Image.fromarray(dark).save(files / "dark16.png")
+    assert dc.load_image(files / "dark16.png").max() == 4
+
+
+# ---------------------------------------------- degenerate (NaN/zero) maps
+@pytest.mark.parametrize("make", [ZeroHeadAdapter, NanGradAdapter], ids=["all_zero_gradients", "nan_gradients"])
+def test_degenerate_gradients_give_flagged_zero_maps(make, image):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(all="raise"):  # no division by zero, no invalid value anywhere in numpy
+            exp = dc.DiffusionCAM(make()).explain(image, PROMPT)
+    assert len(exp.tokens) > 0 and all(exp.degenerate)
+    for maps in (exp.maps, exp.raw_maps, exp.grid_maps, exp.raw_grid_maps):
+        assert np.isfinite(maps).all() and not maps.any()
+    flagged = [w for w in caught if issubclass(w.category, errors.DegenerateMapWarning)]
+    assert flagged and "no positive evidence" in str(flagged[0].message)
+
+
+def test_cli_degenerate_map_is_a_warning_not_an_error(files, cli_results):
+    res = cli_results["zero_gradients"]
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines and all(line.startswith("warning: ") for line in lines)
+    doc = json.loads((files / "out_zero" / "result.json").read_text())
+    assert doc["tokens"] and all(t["degenerate"] for t in doc["tokens"])
+    with np.load(files / "out_zero" / "maps.npz") as npz:
+        assert np.isfinite(npz["maps"]).all() and not npz["maps"].any()
+
+
+# ------------------------------------------------------------- weights
+def _save_small_safetensors(path: Path) -> bytes:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.arange(4096, dtype=torch.float32).reshape(64, 64), "b": torch.ones(64)}, str(path))
+    return path.read_bytes()
+
+
+def test_truncated_and_corrupted_safetensors(tmp_path):
+    good = tmp_path / "good.safetensors"
+    data = _save_small_safetensors(good)
+    digest = hashlib.sha256(data).hexdigest()
+    assert verify_sha256(good, digest) == digest
+    assert torch.equal(load_weights(good, expected_sha256=digest)["b"], torch.ones(64))
+
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(errors.ModelLoadError, match="looks truncated") as info:
+        load_weights(cut)
+    assert str(cut) in str(info.value)
+    with pytest.raises(errors.ModelLoadError) as info:
+        verify_sha256(cut, digest)
+    msg = str(info.value)
+    assert str(cut) in msg and digest in msg and hashlib.sha256(cut.read_bytes()).hexdigest() in msg
+    assert "looks truncated" in msg
+
+    flipped = bytearray(data)
+    flipped[-10] ^= 0xFF  # inside the tensor data: only the digest can tell
+    bad = tmp_path / "flipped.safetensors"
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(errors.ModelLoadError, match="corrupted"):
+        load_weights(bad, expected_sha256=digest)
+
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(os.urandom(200))
+    with pytest.raises(errors.ModelLoadError, match="cannot read safetensors"):
+        load_weights(garbage)
+    with pytest.raises(errors.ModelLoadError, match="does not exist"):
+        load_weights(tmp_path / "absent.safetensors")
+    with pytest.raises(errors.ModelLoadError, match="unknown weights format"):
+        load_weights(tmp_path / "weights.npz")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_pickle_checkpoints_need_an_explicit_flag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    state = {"w": torch.ones(3)}
+    for suffix in (".bin", ".pt", ".pth", ".ckpt"):
+        path = tmp_path / f"model{suffix}"
+        torch.save(state, path)
+        with pytest.raises(errors.ModelLoadError, match="refusing to load pickle"):
+            load_weights(path)
+        assert torch.equal(load_weights(path, allow_pickle=True)["w"], state["w"])
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"w": _RunsCode()}, f)
+    with pytest.raises(errors.ModelLoadError, match="weights_only"):
+        load_weights(evil, allow_pickle=True)  # weights_only=True never calls os.system
+    assert not (tmp_path / "pwned").exists()
+
+    pickled_dir = tmp_path / "ckpt"
+    pickled_dir.mkdir()
+    torch.save(state, pickled_dir / "pytorch_model.bin")
+    with pytest.raises(errors.ModelLoadError, match="only pickle weights"):
+        weight_files(pickled_dir)
+    assert weight_files(pickled_dir, allow_pickle=True) == [pickled_dir / "pytorch_model.bin"]
+    _save_small_safetensors(pickled_dir / "model.safetensors")
+    assert weight_files(pickled_dir) == [pickled_dir / "model.safetensors"]
+
+
+def test_built_in_loader_messages(files):
+    """The shapes-tiny loader names the damaged file; the undamaged copy loads."""
+    assert len(dc.load_model("shapes-tiny", weights_dir=files / "ckpt_ok").blocks()) == 2
+    for damage in ("truncated", "flipped"):
+        with pytest.raises(errors.ModelLoadError) as info:
+            dc.load_model("shapes-tiny", weights_dir=files / f"ckpt_{damage}")
+        assert str(files / f"ckpt_{damage}" / "model.safetensors") in str(info.value)
+
+
+# ---------------------------------------------------- output file names
+HOSTILE_TOKENS = ["../../x", "/abs", "con", "a\x00b", "w" * 500, "..", "", "nul.txt", "a/b\\c", "é字", " ", ".hidden"]
+
+
+def test_token_text_never_escapes_the_output_directory(tmp_path):
+    visualize = pytest.importorskip("diffusion_cam.visualize")
+    n = len(HOSTILE_TOKENS)
+    rgb = random_image(1)
+    maps = np.random.default_rng(0).random((n, 48, 48)).astype(np.float32)
+    grid = np.random.default_rng(1).random((n, 6, 6)).astype(np.float32)
+    exp = dc.Explanation(
+        answer=" ".join(HOSTILE_TOKENS), tokens=list(HOSTILE_TOKENS), token_ids=list(range(n)),
+        token_indices=list(range(n)), steps=list(range(n)), maps=maps, raw_maps=maps, grid_maps=grid,
+        raw_grid_maps=grid, image=rgb, prompt=PROMPT, scores=[0.0] * n, degenerate=[False] * n,
+        trajectory=[{"step": i, "committed": [i], "ids": [i]} for i in range(n)], answer_tokens=list(HOSTILE_TOKENS),
+    )
+    out = tmp_path / "nested" / "out"
+    out.mkdir(parents=True)
+    written = visualize.write_pictures(exp, out)
+    root = out.resolve()
+    everything = {p.resolve() for p in tmp_path.rglob("*") if p.is_file()}
+    assert everything and all(root in p.parents for p in everything)  # nothing outside out/
+    names = [Path(w).name for w in written]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert "/" not in name and "\\" not in name and "\x00" not in name and len(name) <= 100
+    overlays = [w for w in names if w.startswith("overlay")]
+    assert len(overlays) == n  # one distinct file per token, none lost to a clash
