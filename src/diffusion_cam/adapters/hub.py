@@ -1,0 +1,81 @@
+"""Finding checkpoints on disk or in the hub cache, safely.
+
+Weights are loaded from safetensors only unless the user passes
+``allow_pickle=True`` (``--allow-pickle``): pickle checkpoints (``.bin``,
+``.pt``, ``.pth``, ``.ckpt``) can run arbitrary code when unpickled.  Without
+a network (``HF_HUB_OFFLINE=1``) a hub id must already be in the local cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ModelLoadError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+SAFE_SUFFIXES = (".safetensors",)
+_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py", "*.yaml"]
+
+
+def require_transformers(family: str, minimum: str | None = None):
+    """Import transformers or explain how to get it."""
+    try:
+        import transformers
+    except ImportError:
+        need = f"transformers>={minimum}" if minimum else "transformers"
+        raise ModelLoadError(f"{family} models need {need}: pip install 'diffusion-cam[hf]'") from None
+    return transformers
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def check_weights(folder: Path, allow_pickle: bool, name: str) -> None:
+    """Refuse a checkpoint folder without weights, or with pickle weights only unless allowed."""
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if any(p.suffix in SAFE_SUFFIXES for p in files):
+        return
+    pickles = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not allow_pickle:
+        raise ModelLoadError(
+            f"checkpoint {name!r} holds pickle weights only ({', '.join(pickles[:3])}); unpickling can run "
+            "arbitrary code, so it is refused: pass allow_pickle=True (CLI: --allow-pickle) if you trust the files"
+        )
+    if not pickles:
+        raise ModelLoadError(f"checkpoint {name!r} ({folder}) has no weight files (*.safetensors)")
+
+
+def resolve_checkpoint(name: str, *, allow_pickle: bool = False) -> str:
+    """Local folder holding checkpoint ``name`` (a folder path or a hub id)."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{name}: a checkpoint must be a folder holding config.json and the weights")
+        folder = path
+    elif looks_like_hub_id(name):
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise ModelLoadError(f"loading {name!r} from the hub needs huggingface_hub: pip install 'diffusion-cam[hf]'") from None
+        patterns = _FILES + ([f"*{s}" for s in PICKLE_SUFFIXES] if allow_pickle else [])
+        try:
+            folder = Path(snapshot_download(name, local_files_only=_offline(), allow_patterns=patterns))
+        except Exception as err:  # hub errors have many types (offline, missing, gated, network)
+            where = "offline (HF_HUB_OFFLINE=1)" if _offline() else "and could not be downloaded"
+            raise ModelLoadError(
+                f"model {name!r} is not available locally {where}: {type(err).__name__}; "
+                "download it first or pass a local checkpoint folder"
+            ) from None
+    else:
+        raise ModelLoadError(f"model {name!r} is neither a local folder nor a hub id (owner/name)")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"checkpoint {name!r} ({folder}) has no config.json")
+    check_weights(folder, allow_pickle, name)
+    return str(folder)
