@@ -87,6 +87,25 @@ class Explanation:
         """The (H, W) map of one token."""
         return (self.raw_maps if raw else self.maps)[self.index_of(token)]
 
+    # --------------------------------------------------------------- pictures
+    def overlay(self, token: int | str, cmap: str = "jet", alpha: float = 0.5, raw: bool = False) -> np.ndarray:
+        """(H, W, 3) uint8: the token's map in colour map ``cmap`` blended on the image with opacity ``alpha``."""
+        from .visualize import overlay
+
+        return overlay(self.image, self.map(token, raw=raw), cmap=cmap, alpha=alpha)
+
+    def to_html(self, cmap: str = "jet", alpha: float = 0.5) -> str:
+        """The interactive report as one self-contained HTML page (see :mod:`diffusion_cam.report`)."""
+        from .report import explanation_html
+
+        return explanation_html(self, cmap=cmap, alpha=alpha)
+
+    def show(self, cmap: str = "jet", alpha: float = 0.5):
+        """Show the interactive report inline in a notebook (elsewhere: in the web browser)."""
+        from .visualize import show
+
+        return show(self, cmap=cmap, alpha=alpha)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no arrays)."""
         return {
