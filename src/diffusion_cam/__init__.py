@@ -14,6 +14,7 @@ from .errors import DiffusionCamError
 from .explanation import Explanation
 from .io import load_image
 from .methods import DiffusionCAM, ExplanationMethod, GradientCAM, available_methods, get_method, register_method
+from . import baselines  # noqa: E402,F401  (registers gradcam, llava-cam, tam, center)
 
 __version__ = "0.1.0"
 
