@@ -123,7 +123,8 @@ def _small_checkpoints(d: Path) -> None:
     """A small shapes-tiny checkpoint saved by the real writer, plus a truncated and a bit-flipped copy."""
     from diffusion_cam.models.shapes_tiny import ShapesTinyConfig, ShapesTinyModel, save_pretrained
 
-    cfg = ShapesTinyConfig(d_model=32, n_layers=2, n_heads=2, vision_dim=32, vision_layers=1, stem_channels=(8, 16))
+    # the default architecture with a thin language model: small and quick to write
+    cfg = ShapesTinyConfig(d_model=32, n_layers=2, n_heads=2)
     save_pretrained(ShapesTinyModel(cfg), d / "ckpt_ok")
     for damage in ("truncated", "flipped"):
         shutil.copytree(d / "ckpt_ok", d / f"ckpt_{damage}")
