@@ -55,11 +55,12 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _open(driver, path: Path) -> None:
+def _open(driver, path: Path, scripted: bool = True) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(path.resolve().as_uri())
-    WebDriverWait(driver, 10).until(lambda d: d.find_element("tag name", "body").get_attribute("data-ready") == "true")
+    if scripted:  # the report's script marks the page ready once its handlers are in place
+        WebDriverWait(driver, 10).until(lambda d: d.find_element("tag name", "body").get_attribute("data-ready") == "true")
 
 
 def _screenshot(driver, tmp_path: Path, name: str) -> Path:
@@ -131,4 +132,24 @@ def test_script_in_prompt_renders_as_text(browser, tmp_path):
         browser.switch_to.alert.text  # noqa: B018
     assert browser.execute_script("return document.querySelectorAll('script').length") == 2
     _screenshot(browser, tmp_path, "report_script_prompt.png")
+    assert _errors(browser) == []
+
+
+def test_benchmark_report_renders(browser, tmp_path):
+    from diffusion_cam.report import bench_report
+
+    exp = make_explanation()
+    exp.save(tmp_path / "items" / "x")
+    records = [{"method": m, "item": f"s{i}", "metrics": {"f3": 0.1 * i + (0.3 if m == "diffusion-cam" else 0)},
+                "explanation": str(tmp_path / "items" / "x"), "token": i % len(exp)}
+               for m in ("diffusion-cam", "<gradcam>") for i in range(4)]
+    path = bench_report(records, tmp_path / "bench")
+    _open(browser, path, scripted=False)
+    assert browser.find_element("tag name", "h1").text == "diffusion-cam benchmark"
+    assert [e.text for e in browser.find_elements("css selector", "table tr td:first-child")][:2] == \
+        ["diffusion-cam", "<gradcam>"]
+    assert len(browser.find_elements("css selector", ".chart svg rect")) == 2
+    cards = browser.find_elements("css selector", ".card img")
+    assert len(cards) == 2 * (3 + 1) and all(c.get_property("naturalWidth") > 0 for c in cards)
+    _screenshot(browser, tmp_path, "bench_report.png")
     assert _errors(browser) == []

@@ -323,3 +323,32 @@ def test_bench_report_from_directory_and_given_summary(tmp_path):
     with pytest.raises(OutputError, match="no benchmark records"):
         bench_report(tmp_path / "items", tmp_path / "x.html")
     assert "<table" in bench_html([], None)
+
+
+# -------------------------------------------------------------------- show
+def test_show_in_a_notebook_uses_an_isolated_frame(exp, monkeypatch):
+    display_module = pytest.importorskip("IPython.display", reason="IPython is not installed")
+    import diffusion_cam.visualize as vis
+
+    shown = []
+    monkeypatch.setattr(vis, "_notebook_shell", lambda: object())
+    monkeypatch.setattr(display_module, "display", shown.append)
+    frame = exp.show()
+    assert shown == [frame]
+    assert frame.data.startswith("<div><iframe srcdoc=\"") and "&lt;!doctype html&gt;" in frame.data
+    assert "<script" not in frame.data  # the report's markup lives escaped inside the attribute
+
+
+def test_show_outside_a_notebook_opens_the_report(exp, monkeypatch):
+    import webbrowser
+
+    import diffusion_cam.visualize as vis
+
+    opened = []
+    monkeypatch.setattr(vis, "_notebook_shell", lambda: None)
+    monkeypatch.setattr(webbrowser, "open", opened.append)
+    path = exp.show()
+    try:
+        assert opened == [path.as_uri()] and path.read_text(encoding="utf-8") == exp.to_html()
+    finally:
+        path.unlink()

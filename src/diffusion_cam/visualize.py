@@ -467,6 +467,15 @@ def write_pictures(exp: "Explanation", out_dir: str | Path, compare_raw: bool = 
     return written
 
 
+def _notebook_shell():
+    """The running IPython shell, or None outside IPython (or when IPython is not installed)."""
+    if importlib.util.find_spec("IPython") is None:
+        return None
+    from IPython import get_ipython
+
+    return get_ipython()
+
+
 def show(exp: "Explanation", cmap: str = DEFAULT_CMAP, alpha: float = DEFAULT_ALPHA, height: int = 760):
     """Show the interactive report: inline in a notebook, else in the web browser.
 
@@ -480,16 +489,11 @@ def show(exp: "Explanation", cmap: str = DEFAULT_CMAP, alpha: float = DEFAULT_AL
     from .report import explanation_html
 
     doc = explanation_html(exp, cmap=cmap, alpha=alpha)
-    shell = None
-    if importlib.util.find_spec("IPython") is not None:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    if shell is not None:
+    if _notebook_shell() is not None:
         from IPython.display import HTML, display
 
-        frame = HTML(f'<iframe srcdoc="{html.escape(doc, quote=True)}" style="width:100%;height:{int(height)}px;'
-                     'border:1px solid #dee2e6;border-radius:6px"></iframe>')
+        frame = HTML(f'<div><iframe srcdoc="{html.escape(doc, quote=True)}" style="width:100%;height:{int(height)}px;'
+                     'border:1px solid #dee2e6;border-radius:6px"></iframe></div>')
         display(frame)
         return frame
     import tempfile
