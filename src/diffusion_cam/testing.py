@@ -18,6 +18,7 @@ from torch import nn
 
 from .adapters.base import Adapter, GenerationConfig, ImageGrid, ModelInputs
 from .errors import PromptError, TargetError
+from .models.shapes_tiny.model import Block
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<mask>", "<image>", "<sep>"]
 WORDS = ["a", "and", "the", "describe", "image", "what", "color", "shape", "is", "how", "many", "objects",
@@ -37,26 +38,6 @@ class TinyConfig:
     @property
     def grid(self) -> int:
         return self.image_size // self.patch
-
-
-class Block(nn.Module):
-    """Pre-norm bidirectional attention + MLP block (no causal mask)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attn = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1) @ v
-        x = x + self.proj(attn.transpose(1, 2).reshape(b, n, d))
-        return x + self.mlp(self.norm2(x))
 
 
 class TinyDMLLM(nn.Module):
