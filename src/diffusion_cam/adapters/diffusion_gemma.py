@@ -425,13 +425,13 @@ def load_diffusion_gemma(name: str, *, allow_pickle: bool = False, trust_remote_
     """Load a DiffusionGemma checkpoint (hub id or local folder) into an adapter."""
     from .hub import require_transformers, resolve_checkpoint
 
+    path = resolve_checkpoint(name, allow_pickle=allow_pickle)
     transformers = require_transformers("DiffusionGemma", "5.13")
     if not hasattr(transformers, "DiffusionGemmaForBlockDiffusion"):
         raise ModelLoadError(
             f"transformers {transformers.__version__} has no DiffusionGemmaForBlockDiffusion: "
             "DiffusionGemma needs transformers>=5.13 (pip install 'diffusion-cam[hf]')"
         )
-    path = resolve_checkpoint(name, allow_pickle=allow_pickle)
     kwargs: dict[str, Any] = {"use_safetensors": None if allow_pickle else True}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype

@@ -269,8 +269,8 @@ def load_components(spec: Any, name: str, *, allow_pickle: bool = False, torch_d
     """Load model, tokenizer and image encoder of a family; returns the adapter's components."""
     from .hub import require_transformers, resolve_checkpoint
 
-    transformers = require_transformers(spec.family)
     path = resolve_checkpoint(name, allow_pickle=allow_pickle)
+    transformers = require_transformers(spec.family)
     weights = {"use_safetensors": None if allow_pickle else True}
     if torch_dtype is not None:
         weights["torch_dtype"] = torch_dtype

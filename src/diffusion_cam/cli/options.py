@@ -30,6 +30,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="model weights dtype; CAM arithmetic is always float32")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow model families whose code ships with the checkpoint to run it")
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="allow pickle checkpoints (.bin/.pt), which can run code when loaded (default: safetensors only)")
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
@@ -83,4 +85,6 @@ def load_adapter(args: argparse.Namespace):
         options["dtype"] = args.dtype
     if args.trust_remote_code:
         options["trust_remote_code"] = True
+    if getattr(args, "allow_pickle", False):
+        options["allow_pickle"] = True
     return load_model(args.model, **options)
