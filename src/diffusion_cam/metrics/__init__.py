@@ -1,0 +1,45 @@
+"""Evaluation metrics (method spec §3): Otsu-based localization scores, TAM's Func-IoU and the pointing game."""
+
+from .localization import (
+    SCORE_MODES,
+    Binarized,
+    aggregate,
+    concentration,
+    contrast,
+    contrast_score,
+    f3,
+    f3_geometric,
+    func_iou,
+    func_iou_reference,
+    noun_threshold,
+    obj_iou,
+    otsu_binarize,
+    pointing_game,
+    precision_recall,
+    resize_map,
+    score,
+)
+from .faithfulness import FaithfulnessResult, PerturbationTarget, deletion_insertion
+
+__all__ = [
+    "FaithfulnessResult",
+    "PerturbationTarget",
+    "deletion_insertion",
+    "SCORE_MODES",
+    "Binarized",
+    "aggregate",
+    "concentration",
+    "contrast",
+    "contrast_score",
+    "f3",
+    "f3_geometric",
+    "func_iou",
+    "func_iou_reference",
+    "noun_threshold",
+    "obj_iou",
+    "otsu_binarize",
+    "pointing_game",
+    "precision_recall",
+    "resize_map",
+    "score",
+]
