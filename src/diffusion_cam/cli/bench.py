@@ -1,0 +1,121 @@
+"""``diffusion-cam bench``: run explanation methods over a dataset and write the results tables."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from ..adapters.base import STATES
+from ..extract import SCORES
+from .options import _kernel, add_model_options
+
+
+def add_parser(sub) -> None:
+    from ..evaluation import DATASETS, MAIN_METHODS
+
+    p = sub.add_parser(
+        "bench", help="benchmark explanation methods on a dataset (resumable, data-parallel)",
+        description="Run methods x items, score every answer word against its ground-truth mask and write "
+                    "table.md / table.csv / table.json. Rerun the same command to resume a killed run; launch "
+                    "it with torchrun --nproc_per_node N (or accelerate launch) to shard items over processes.")
+    p.add_argument("--out", required=True, help="run directory (results/*.jsonl, tables; rerun to resume)")
+    p.add_argument("--merge", action="store_true",
+                   help="only build the tables from the results already in --out (e.g. after a sharded run)")
+    g = p.add_argument_group("dataset")
+    g.add_argument("--dataset", choices=DATASETS, default="shapes")
+    # (no option may be a prefix of a torchrun option, e.g. --n or --start: torchrun would take it)
+    g.add_argument("--items", type=int, default=300, help="shapes: number of scenes; coco/grandf: at most this many items")
+    g.add_argument("--skip", type=int, default=0, help="coco/grandf: skip the first items; shapes: added to --seed")
+    g.add_argument("--seed", type=int, default=None, help="shapes: first scene seed (default 10000000, unseen in training)")
+    g.add_argument("--prompts", nargs="+", default=["describe"], metavar="TYPE",
+                   help="shapes: prompt types among describe color shape count (default: describe)")
+    g.add_argument("--data", default=None, help="coco: dataset root; grandf: GCG annotation JSON")
+    g.add_argument("--images", default=None, help="coco/grandf: image folder (coco default: under --data)")
+    g.add_argument("--prompt", default=None, help="coco/grandf: prompt (default: the paper's)")
+    g = p.add_argument_group("methods")
+    g.add_argument("--methods", nargs="+", default=list(MAIN_METHODS), metavar="METHOD",
+                   help=f"methods of the main table (default: {' '.join(MAIN_METHODS)})")
+    g.add_argument("--ablation", action="store_true",
+                   help="also run Diffusion-CAM with no module, each module alone and all four (ablation table)")
+    g.add_argument("--layer", type=int, nargs="+", default=None, help="hooked block(s) of gradient methods")
+    g.add_argument("--state", choices=STATES, default=None, help="forward explained (default: each method's)")
+    g.add_argument("--score", choices=SCORES, default=None, help="score of gradient methods (default: logit)")
+    g.add_argument("--sicd-mode", default=None, choices=("reference", "causal"), help="Diffusion-CAM SICD variant")
+    g.add_argument("--akd-kernel", default=None, type=_kernel, help="Diffusion-CAM AKD kernel")
+    g.add_argument("--chunk-size", type=int, default=None, help="tokens per batched backward")
+    g.add_argument("--gen-length", type=int, default=None, help="answer canvas length (default: the model's)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    g = p.add_argument_group("scoring and output")
+    g.add_argument("--no-faithfulness", action="store_true", help="skip deletion / insertion (the slowest metric)")
+    g.add_argument("--blur-sigma", type=float, default=None, help="blur of removed patches (default: side / 10)")
+    g.add_argument("--batch-size", type=int, default=64, help="perturbed images per forward (faithfulness)")
+    g.add_argument("--save-explanations", action="store_true",
+                   help="keep every explanation under explanations/ (report gallery)")
+    g.add_argument("--retry-failed", action="store_true", help="on resume, run failed items again")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_options(p)
+    p.set_defaults(run=run)
+
+
+def _dataset(args):
+    from ..errors import UnknownNameError
+    from ..evaluation import load_dataset
+    from ..evaluation.datasets import SHAPES_SEED
+
+    if args.dataset == "shapes":
+        seed = (SHAPES_SEED if args.seed is None else args.seed) + args.skip
+        return load_dataset("shapes", n=args.items, seed=seed, prompts=args.prompts)
+    if not args.data:
+        raise UnknownNameError(f"--dataset {args.dataset} needs --data (the dataset root or annotation file)")
+    common = dict(prompt=args.prompt, limit=args.items, start=args.skip)
+    if args.dataset == "coco":
+        return load_dataset("coco", root=args.data, images=args.images, **common)
+    if not args.images:
+        raise UnknownNameError("--dataset grandf needs --images (the GranDf image folder)")
+    return load_dataset("grandf", annotations=args.data, images=args.images, **common)
+
+
+def _print_tables(tables) -> None:
+    from ..evaluation.tables import ABLATION_COLUMNS, markdown
+
+    print(markdown(tables["main"]))
+    if tables["ablation"]:
+        print(markdown(tables["ablation"], ABLATION_COLUMNS, "Config.", "config"))
+    if not tables["complete"]:
+        print(f"incomplete: {tables['records']} of {tables['expected_records']} records")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..evaluation import BenchConfig, dist_env, method_specs, run_bench, write_tables
+    from .explain import prepare_output
+    from .options import load_adapter
+
+    if args.merge:
+        tables = write_tables(Path(args.out))
+        _print_tables(tables)
+        print(f"wrote {', '.join(tables['written'])} to {args.out}")
+        return 0
+    rank, world, local = dist_env()
+    out = prepare_output(args.out)
+    if world > 1 and args.device and args.device.startswith("cuda") and ":" not in args.device:
+        args.device = f"cuda:{local}"  # one GPU per process
+    adapter = load_adapter(args)
+    dataset = _dataset(args)
+    base = adapter.default_generation
+    generation = replace(base, gen_length=args.gen_length or base.gen_length,
+                         steps=args.steps if args.steps is not None else base.steps)
+    layer = None if args.layer is None else (args.layer[0] if len(args.layer) == 1 else args.layer)
+    specs, rows = method_specs(args.methods, args.ablation)
+    config = BenchConfig(
+        out=out, specs=specs, ablation_rows=rows,
+        method_options=dict(layer=layer, state=args.state, score=args.score, sicd_mode=args.sicd_mode,
+                            akd_kernel=args.akd_kernel, chunk_size=args.chunk_size, generation=generation),
+        faithfulness=not args.no_faithfulness, blur_sigma=args.blur_sigma, batch_size=args.batch_size,
+        save_explanations=args.save_explanations, retry_failed=args.retry_failed, progress=not args.no_progress)
+    tables = run_bench(adapter, dataset, config, rank, world)
+    if tables is not None:
+        _print_tables(tables)
+        print(f"wrote {', '.join(tables['written'])} to {out}")
+    return 0

@@ -1,0 +1,247 @@
+"""Results tables of a bench run, built from its JSON-lines records only.
+
+Word-level aggregation: every scored word (``object`` and ``count`` units) is
+one sample of Obj-IoU, Contrast, Concentration and F3; "F3 (of means)" is F3
+of the dataset means (the paper's tables), "F3 (mean)" the mean of per-word
+F3.  The pointing game is over object words (colour / shape words on Shapes,
+nouns elsewhere), Func-IoU over function words, deletion / insertion AUC over
+scored words.  Seconds per item = generation + raw maps + refinement, as a
+user running that method alone would pay (shared work is counted for every
+method that uses it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import OutputError
+from ..metrics import aggregate
+from .records import read_records
+
+CONFIG_FILE = "bench.json"
+_WORD_KEYS = ("obj_iou", "precision", "recall", "contrast", "contrast_score", "concentration", "f3")
+
+#: (key, header, scale, digits) of the main table
+MAIN_COLUMNS = (
+    ("obj_iou", "Obj-IoU (%)", 100, 2),
+    ("contrast", "Contrast (×)", 1, 2),
+    ("concentration", "Concen. (%)", 100, 2),
+    ("f3_of_means", "F3 (of means)", 100, 2),
+    ("f3_mean", "F3 (mean)", 100, 2),
+    ("func_iou", "Func-IoU (%)", 100, 2),
+    ("pointing", "Pointing (%)", 100, 1),
+    ("deletion_auc", "Deletion AUC ↓", 1, 4),
+    ("insertion_auc", "Insertion AUC ↑", 1, 4),
+    ("seconds", "s / item", 1, 3),
+    ("words", "words", 1, 0),
+    ("items", "items ok/skip/fail", None, None),
+)
+ABLATION_COLUMNS = tuple(c for c in MAIN_COLUMNS if c[0] in (
+    "obj_iou", "contrast", "concentration", "f3_of_means", "f3_mean", "pointing", "deletion_auc", "insertion_auc"))
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarize(records: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
+    """One table row: the aggregate of ``label``'s records."""
+    mine = [r for r in records if r["method"] == label]
+    ok = [r for r in mine if r["status"] == "ok"]
+    units = [u for r in ok for u in r.get("units", [])]
+    objects = [u for u in units if u["kind"] == "object"]
+    status = Counter(r["status"] for r in mine)
+    row: dict[str, Any] = {"method": label, "n_ok": status["ok"], "n_skipped": status["skipped"],
+                           "n_failed": status["failed"], "words": len(units), "object_words": len(objects)}
+    row["items"] = f"{status['ok']}/{status['skipped']}/{status['failed']}"
+    if units:
+        agg = aggregate([{k: u[k] for k in _WORD_KEYS} for u in units])
+        row.update({k: agg[k] for k in ("obj_iou", "precision", "recall", "contrast", "concentration")})
+        row["contrast_median"] = float(np.median([u["contrast"] for u in units]))
+        row["f3_of_means"] = agg["f3_of_means"]
+        row["f3_mean"] = agg["f3_mean_of_items"]
+        row["obj_iou_objects"] = _mean([u["obj_iou"] for u in objects])
+    row["pointing"] = _mean([float(u["pointing"]) for u in objects])
+    row["pointing_all"] = _mean([float(u["pointing"]) for u in units])
+    row["func_iou"] = _mean([f["func_iou"] for r in ok for f in r.get("function", [])])
+    row["deletion_auc"] = _mean([u.get("deletion_auc") for u in units])
+    row["insertion_auc"] = _mean([u.get("insertion_auc") for u in units])
+    row["seconds"] = _mean([r.get("seconds") for r in ok])
+    return row
+
+
+def _fmt(value: Any, scale, digits) -> str:
+    if value is None:
+        return "–"
+    if scale is None:
+        return str(value)
+    if digits == 0:
+        return str(int(value))
+    return f"{value * scale:.{digits}f}"
+
+
+def markdown(rows: Sequence[dict[str, Any]], columns=MAIN_COLUMNS, first: str = "Method", key: str = "method") -> str:
+    head = [first] + [c[1] for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join([str(r[key])] + [_fmt(r.get(c[0]), c[2], c[3]) for c in columns]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: Sequence[dict[str, Any]], first: str = "method") -> str:
+    keys = [first] + sorted({k for r in rows for k in r} - {first})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    return buf.getvalue()
+
+
+def failures(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Failed and skipped records grouped by (method, status, reason) with counts and example items."""
+    groups: dict[tuple, list[str]] = {}
+    for r in records:
+        if r["status"] != "ok":
+            groups.setdefault((r["method"], r["status"], r.get("reason", "")), []).append(r["item"])
+    return [{"method": m, "status": s, "reason": why, "count": len(items), "examples": items[:3]}
+            for (m, s, why), items in sorted(groups.items(), key=lambda kv: (kv[0][0], -len(kv[1]), kv[0][2]))]
+
+
+def load_config(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(out) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OutputError(f"{out} is not a bench run: {CONFIG_FILE} is missing") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise OutputError(f"cannot read {Path(out) / CONFIG_FILE}: {err}") from None
+
+
+def build_tables(out: Path) -> dict[str, Any]:
+    """Main and ablation rows, failures and completeness, from the run's records."""
+    out = Path(out)
+    config = load_config(out)
+    records = read_records(out)
+    main = [summarize(records, label) for label in config["main"]]
+    ablation = [{"config": row, **summarize(records, label)} for row, label in config.get("ablation", [])]
+    expected = int(config["dataset"]["items"]) * len(config["methods"])
+    return {"config": config, "main": main, "ablation": ablation, "failures": failures(records),
+            "records": len(records), "expected_records": expected, "complete": len(records) == expected}
+
+
+def _text(tables: dict[str, Any]) -> str:
+    cfg = tables["config"]
+    ds = cfg["dataset"]
+    parts = [f"# Bench: {ds['name']} ({ds['items']} items), model {cfg['model']['name']}\n"]
+    if not tables["complete"]:
+        parts.append(f"\n**Incomplete run**: {tables['records']} of {tables['expected_records']} records.\n")
+    parts.append("\n## Main table\n\n" + markdown(tables["main"]))
+    if tables["ablation"]:
+        parts.append("\n## Ablation (Diffusion-CAM modules)\n\n"
+                     + markdown(tables["ablation"], ABLATION_COLUMNS, "Config.", "config"))
+    if tables["failures"]:
+        parts.append("\n## Items not scored\n\n| method | status | reason | count | e.g. |\n|---|---|---|---:|---|\n")
+        for f in tables["failures"]:
+            parts.append(f"| {f['method']} | {f['status']} | {f['reason']} | {f['count']} | {', '.join(f['examples'])} |\n")
+    return "".join(parts)
+
+
+def bar_chart(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """Grouped bars (Obj-IoU, Concentration, F3, pointing game; %) per method; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    keys = [("obj_iou", "Obj-IoU"), ("concentration", "Concentration"), ("f3_of_means", "F3 (of means)"),
+            ("pointing", "Pointing game")]
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=120)
+    width = 0.8 / max(len(rows), 1)
+    x = np.arange(len(keys))
+    for i, r in enumerate(rows):
+        vals = [100 * (r.get(k) or 0.0) for k, _ in keys]
+        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, vals, width, label=r["method"])
+        ax.bar_label(bars, fmt="%.0f", fontsize=6, padding=1)
+    ax.set_xticks(x, [name for _, name in keys])
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, ncols=min(len(rows), 5), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    # fixed metadata: the same table gives the same bytes
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _report(out: Path, tables: dict[str, Any]) -> Path | None:
+    """``report.html`` through :func:`diffusion_cam.report.bench_report`, if that module is available."""
+    try:
+        from ..report import bench_report
+    except ImportError:
+        return None
+    records = []
+    for r in read_records(out):
+        units = r.get("units") or []
+        rec: dict[str, Any] = {"method": r["method"], "item": r["item"], "answer": r.get("answer", "")}
+        if r["status"] != "ok":
+            rec["error"] = f"{r['status']}: {r.get('reason', '')}"
+        else:
+            rec["metrics"] = {k: _mean([u.get(k) for u in units]) for k in
+                              ("f3", "obj_iou", "concentration", "deletion_auc", "insertion_auc")}
+            best = max(units, key=lambda u: u["f3"], default=None)
+            if best is not None:
+                rec["token"] = best["word"].split()[0]
+            exp_dir = out / "explanations" / f"{r['index']:06d}" / _slug(r["method"])
+            if exp_dir.exists():
+                rec["explanation"] = str(exp_dir)
+        records.append(rec)
+    keep = ("method", "obj_iou", "contrast", "concentration", "f3_of_means", "func_iou", "pointing",
+            "deletion_auc", "insertion_auc", "seconds")
+    summary = [{k: r.get(k) for k in keep} for r in tables["main"]]
+    return bench_report(records, out / "report.html", summary=summary, settings=tables["config"],
+                        lower_is_better=["deletion_auc", "seconds"],
+                        title=f"Bench: {tables['config']['dataset']['name']}")
+
+
+def _slug(text: str) -> str:
+    from .runner import _slug as slug
+
+    return slug(text)
+
+
+def write_tables(out: Path, report: bool = True) -> dict[str, Any]:
+    """Write ``table.md``, ``table.csv``, ``table.json`` (+ ``ablation.*``, ``main.png``, ``report.html``)."""
+    out = Path(out)
+    tables = build_tables(out)
+    files = {"table.md": _text(tables), "table.csv": to_csv(tables["main"]),
+             "table.json": json.dumps({k: v for k, v in tables.items()}, indent=2, sort_keys=True) + "\n"}
+    if tables["ablation"]:
+        files["ablation.csv"] = to_csv(tables["ablation"], "config")
+    try:
+        for name, text in files.items():
+            (out / name).write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise OutputError(f"cannot write tables to {out}: {err.strerror or err}") from None
+    written = list(files)
+    if bar_chart(tables["main"], out / "main.png", f"{tables['config']['dataset']['name']}: main table"):
+        written.append("main.png")
+    if report:
+        try:
+            if _report(out, tables) is not None:
+                written.append("report.html")
+        except Exception as err:  # the tables are the product; a report problem must not lose them
+            print(f"warning: report.html not written ({type(err).__name__}: {err})")
+    tables["written"] = written
+    return tables

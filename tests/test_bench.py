@@ -1,0 +1,165 @@
+"""``diffusion-cam bench``: datasets, per-item records, failures, resume after SIGKILL, data-parallel merge."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from diffusion_cam.cli import main
+from diffusion_cam.datasets import shapes
+from diffusion_cam.evaluation import BenchConfig, Dataset, Item, ShapesDataset, method_specs, run_bench
+from diffusion_cam.evaluation.records import ShardWriter, read_records, read_shard
+from diffusion_cam.errors import ImageLoadError, OutputError
+
+ARGS = ["bench", "--model", "tiny-random", "--items", "8", "--methods", "gradcam", "center", "--no-progress"]
+TIMING = ("seconds", "score_seconds", "gen_seconds")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def _main_rows(out):
+    table = json.loads((out / "table.json").read_text())
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in table["main"]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted single-process run, the yardstick of resumed and sharded runs."""
+    out = tmp_path_factory.mktemp("reference")
+    assert main(ARGS + ["--out", str(out)]) == 0
+    return out
+
+
+def test_shapes_items_and_units_follow_the_scene_contract():
+    ds = ShapesDataset(n=3, seed=123, prompts=("describe", "count"))
+    assert [it.id for it in ds.items][:2] == ["shapes:123:describe the image", "shapes:123:how many objects"]
+    assert len(ds) == 6
+    item = ds.items[0]
+    scene = shapes.generate_scene(123)
+    np.testing.assert_array_equal(item.image(), scene.image)
+    words = shapes.answer(scene, item.prompt).split()
+    units = ds.units(item, words)
+    masks = shapes.referent_masks(scene, item.prompt, words)
+    for u in units:
+        (i,) = u.tokens
+        assert u.kind == ("function" if words[i] in ("a", "and") else "object")
+        if u.kind == "object":
+            np.testing.assert_array_equal(u.mask, masks[i])
+    count = ds.units(ds.items[1], ["two"])
+    assert count[0].kind == "count" and count[0].mask.sum() == sum(o.mask.sum() for o in scene.objects)
+    assert ds.units(item, ["image", "describe"]) == []  # nothing scorable
+
+
+def test_default_shapes_seeds_are_disjoint_from_training_and_its_evaluation():
+    from diffusion_cam.evaluation.datasets import SHAPES_SEED
+    from diffusion_cam.models.shapes_tiny.train import EVAL_SEED
+
+    assert SHAPES_SEED == 10_000_000 and not SHAPES_SEED <= EVAL_SEED < SHAPES_SEED + 100_000
+
+
+def test_reference_run_records_every_item_and_method(reference):
+    records = read_records(reference)
+    assert len(records) == 16 and {r["method"] for r in records} == {"gradcam", "center"}
+    for r in records:
+        assert r["status"] in ("ok", "skipped")
+        if r["status"] == "skipped":
+            assert r["reason"] == "answer has no scorable word" and r["answer"]
+        else:
+            assert r["units"] and all({"obj_iou", "f3", "pointing", "deletion_auc"} <= u.keys() for u in r["units"])
+    md = (reference / "table.md").read_text()
+    assert "| gradcam |" in md and "| center |" in md
+    assert {"table.md", "table.csv", "table.json"} <= {p.name for p in reference.iterdir()}
+
+
+class BrokenDataset(Dataset):
+    name = "broken"
+
+    def __init__(self):
+        super().__init__()
+        good = ShapesDataset(n=1, seed=5)
+        self.inner = good
+        self.items = [good.items[0], Item("broken:1", "describe the image", None, self._fail)]
+
+    @staticmethod
+    def _fail():
+        raise ImageLoadError("scene.png: not an image")
+
+    def units(self, item, texts):
+        return self.inner.units(item, texts)
+
+
+def test_a_failing_item_is_recorded_with_its_reason_and_reported(tmp_path, tiny):
+    specs, _ = method_specs(["center"])
+    tables = run_bench(tiny, BrokenDataset(), BenchConfig(tmp_path, specs, faithfulness=False, progress=False), 0, 1)
+    (failed,) = [r for r in read_records(tmp_path) if r["item"] == "broken:1"]
+    assert failed["status"] == "failed" and failed["reason"] == "ImageLoadError: scene.png: not an image"
+    assert tables["main"][0]["n_failed"] == 1 and tables["complete"]
+    assert "ImageLoadError: scene.png: not an image" in (tmp_path / "table.md").read_text()
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, tiny):
+    ds = ShapesDataset(n=1, seed=5)
+    run_bench(tiny, ds, BenchConfig(tmp_path, method_specs(["center"])[0], faithfulness=False, progress=False), 0, 1)
+    with pytest.raises(OutputError, match="different configuration \\(main, methods differ"):
+        run_bench(tiny, ds, BenchConfig(tmp_path, method_specs(["tam"])[0], faithfulness=False, progress=False), 0, 1)
+
+
+def test_a_torn_last_line_is_ignored_and_cut_before_appending(tmp_path):
+    path = tmp_path / "results" / "rank-0-of-1.jsonl"
+    with ShardWriter(path) as w:
+        w.write({"a": 1, "x": float("nan")})
+    with open(path, "a") as f:
+        f.write('{"a": 2, "trunc')
+    assert list(read_shard(path)) == [{"a": 1, "x": None}]
+    with ShardWriter(path) as w:
+        w.write({"a": 3})
+    assert list(read_shard(path)) == [{"a": 1, "x": None}, {"a": 3}]
+
+
+def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, reference):
+    out = tmp_path / "killed"
+    shard = out / "results" / "rank-0-of-1.jsonl"
+    cmd = [sys.executable, "-m", "diffusion_cam.cli", *ARGS, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if shard.exists() and shard.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    before = shard.read_text().splitlines()
+    assert 2 <= len(before) < 16
+    with open(shard, "a") as f:  # as if killed in the middle of a write
+        f.write('{"item": "shapes:10000007:describe the image", "meth')
+    assert main(ARGS + ["--out", str(out)]) == 0
+    after = shard.read_text().splitlines()
+    assert after[: len(before)] == before and len(after) == 16  # done items were not redone
+    assert _strip(read_records(out)) == _strip(read_records(reference))
+    assert _main_rows(out) == _main_rows(reference)
+
+
+def test_torchrun_two_processes_shard_items_and_merge_into_the_single_process_table(tmp_path, reference):
+    out = tmp_path / "dp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "diffusion_cam.cli",
+           *ARGS, "--out", str(out)]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shards = sorted(p.name for p in (out / "results").iterdir())
+    assert shards == ["rank-0-of-2.jsonl", "rank-1-of-2.jsonl"]
+    ranks = [{r["index"] % 2 for r in read_shard(out / "results" / s)} for s in shards]
+    assert ranks == [{0}, {1}]  # item i ran on rank i % 2
+    assert _strip(read_records(out)) == _strip(read_records(reference))
+    assert _main_rows(out) == _main_rows(reference)
+    # --merge rebuilds the same tables from the shards alone
+    (out / "table.json").unlink()
+    assert main(["bench", "--merge", "--out", str(out)]) == 0
+    assert _main_rows(out) == _main_rows(reference)
