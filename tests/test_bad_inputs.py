@@ -72,9 +72,11 @@ class NanGradAdapter(TinyAdapter):
         return logits + torch.sqrt(logits - logits)
 
 
-# Runs the real CLI entry point with an extra registered model whose gradients are all zero.
-ZERO_MODEL_CLI = """
-import sys
+# Runs the CLI's ``main`` for many argument lists, each in a forked child with its own stdout/stderr
+# files and exit status: the interpreter and torch start once instead of once per row.  It also
+# registers "zero-head", a tiny model whose gradients are all zero.
+CLI_FORKER = """
+import json, os, sys, traceback
 import torch
 from diffusion_cam.adapters import ModelEntry, register_model
 from diffusion_cam.cli import main
@@ -90,7 +92,25 @@ def zero_head(**options):
 
 register_model(ModelEntry(name="zero-head", loader=zero_head, family="tiny-llada-v",
                           description="tiny model with a zeroed output head"))
-sys.exit(main(sys.argv[1:]))
+jobs, codes = json.load(open(sys.argv[1])), {}
+for job in jobs:
+    pid = os.fork()
+    if pid == 0:
+        for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+        code = 1
+        try:
+            code = main(job["argv"])
+        except SystemExit as err:  # argparse
+            code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(code))
+    codes[job["id"]] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+json.dump(codes, open(sys.argv[2], "w"))
 """
 
 
@@ -113,9 +133,15 @@ def files(tmp_path_factory) -> Path:
     g16 = (np.arange(48 * 48).reshape(48, 48) * 28).astype(np.uint16)  # 0 .. 64484
     Image.fromarray(g16).save(d / "gray16.png")
     (d / "a_file").write_text("a regular file cannot hold a directory\n")
-    (d / "zero_model_cli.py").write_text(ZERO_MODEL_CLI)
+    (d / "cli_forker.py").write_text(CLI_FORKER)
     _small_checkpoints(d)
     torch.save({"w": torch.ones(3)}, d / "model.pt")
+    # checkpoint folders of real families, recognised by their config.json: refused before any weight is read
+    (d / "llada_v_folder").mkdir()
+    (d / "llada_v_folder" / "config.json").write_text('{"model_type": "llava_llada"}')
+    (d / "gemma_pickle").mkdir()
+    (d / "gemma_pickle" / "config.json").write_text('{"model_type": "diffusion_gemma"}')
+    torch.save({"w": torch.ones(3)}, d / "gemma_pickle" / "pytorch_model.bin")
     return d
 
 
@@ -155,55 +181,67 @@ class Row:
     match: str  # a fragment the message must contain (case-insensitive)
     api: Callable | None  # (files, adapter) -> anything; must raise ``error``
     cli: tuple[str, ...] | None  # argv after "diffusion-cam", with {d} the files directory
+    entry: bool = False  # run through "python -m diffusion_cam.cli" (a fresh interpreter), not a fork
 
 
 LONG_PROMPT = " ".join(["describe"] * 600)
+OK = ("explain", "{d}/ok.png", "--prompt", PROMPT)  # the CLI call of most rows, plus the row's own options
 
 ROWS = [
+    # images
     Row("missing_file", errors.ImageLoadError, "no such file",
-        lambda d, a: _explain(a, d / "missing.png"), None),
+        lambda d, a: _explain(a, d / "missing.png"), ("explain", "{d}/missing.png", "--prompt", PROMPT)),
     Row("zero_byte_file", errors.ImageLoadError, "empty",
-        lambda d, a: _explain(a, d / "zero.png"), None),
+        lambda d, a: _explain(a, d / "zero.png"), ("explain", "{d}/zero.png", "--prompt", PROMPT)),
     Row("text_named_png", errors.ImageLoadError, "cannot decode",
-        lambda d, a: _explain(a, d / "text.png"), None),
+        lambda d, a: _explain(a, d / "text.png"), ("explain", "{d}/text.png", "--prompt", PROMPT)),
     Row("truncated_png", errors.ImageLoadError, "cannot decode",
-        lambda d, a: _explain(a, d / "truncated.png"), None),
+        lambda d, a: _explain(a, d / "truncated.png"), ("explain", "{d}/truncated.png", "--prompt", PROMPT)),
     Row("one_pixel", errors.ImageLoadError, "1x1",
-        lambda d, a: _explain(a, d / "one.png"), None),
+        lambda d, a: _explain(a, d / "one.png"), ("explain", "{d}/one.png", "--prompt", PROMPT)),
     Row("huge_20000x20000", errors.ImageLoadError, "too large",
-        lambda d, a: _explain(a, d / "huge.png"), ("explain", "{d}/huge.png", "--prompt", PROMPT)),
+        lambda d, a: _explain(a, d / "huge.png"), ("explain", "{d}/huge.png", "--prompt", PROMPT), entry=True),
     Row("directory_as_image", errors.ImageLoadError, "directory",
-        lambda d, a: _explain(a, d), None),
+        lambda d, a: _explain(a, d), ("explain", "{d}", "--prompt", PROMPT)),
     Row("bad_array_shape", errors.ImageLoadError, "shape",
         lambda d, a: _explain(a, np.zeros((8, 8, 2), np.uint8)), None),
+    # prompts and targets
     Row("empty_prompt", errors.PromptError, "prompt is empty",
         lambda d, a: _explain(a, d / "ok.png", "   "), ("explain", "{d}/ok.png", "--prompt", "")),
     Row("prompt_over_context", errors.PromptError, "context",
-        lambda d, a: _explain(a, d / "ok.png", LONG_PROMPT), None),
+        lambda d, a: _explain(a, d / "ok.png", LONG_PROMPT), ("explain", "{d}/ok.png", "--prompt", LONG_PROMPT)),
     Row("prompt_unknown_words", errors.PromptError, "vocabulary",
         lambda d, a: _explain(a, d / "ok.png", "describe the zebra"), None),
     Row("target_word_not_in_answer", errors.TargetError, "not in the answer",
-        lambda d, a: _explain(a, d / "ok.png", targets=[ABSENT_WORD]),
-        ("explain", "{d}/ok.png", "--prompt", PROMPT, "--targets", ABSENT_WORD)),
+        lambda d, a: _explain(a, d / "ok.png", targets=[ABSENT_WORD]), (*OK, "--targets", ABSENT_WORD)),
     Row("target_index_out_of_range", errors.TargetError, "out of range",
-        lambda d, a: _explain(a, d / "ok.png", targets=[99]), None),
+        lambda d, a: _explain(a, d / "ok.png", targets=[99]), (*OK, "--targets", "99")),
+    Row("distractor_not_in_vocabulary", errors.TargetError, "vocabulary",
+        lambda d, a: _explain(a, d / "ok.png", score="contrastive", distractor=ABSENT_WORD), None),
+    # layers and names
     Row("layer_out_of_range", errors.LayerError, "out of range",
-        lambda d, a: _explain(a, d / "ok.png", layer=99), ("explain", "{d}/ok.png", "--prompt", PROMPT, "--layer", "99")),
+        lambda d, a: _explain(a, d / "ok.png", layer=99), (*OK, "--layer", "99")),
     Row("layer_negative_out_of_range", errors.LayerError, "out of range",
-        lambda d, a: _explain(a, d / "ok.png", layer=[1, -9]), None),
+        lambda d, a: _explain(a, d / "ok.png", layer=[1, -9]), (*OK, "--layer", "1", "-9")),
     Row("unknown_model", errors.UnknownNameError, "unknown model",
-        lambda d, a: dc.load_model("no-such-model"), ("explain", "{d}/ok.png", "--prompt", PROMPT, "--model", "no-such-model")),
+        lambda d, a: dc.load_model("no-such-model"), (*OK, "--model", "no-such-model")),
     Row("unknown_method", errors.UnknownNameError, "unknown method",
-        lambda d, a: dc.get_method("no-such-method", a), None),
+        lambda d, a: dc.get_method("no-such-method", a), (*OK, "--method", "no-such-method")),
     Row("unknown_module", errors.UnknownNameError, "unknown refinement module",
-        lambda d, a: _explain(a, d / "ok.png", modules=["akd", "blur"]), None),
+        lambda d, a: _explain(a, d / "ok.png", modules=["akd", "blur"]), (*OK, "--modules", "akd", "blur")),
     Row("unknown_score", errors.UnknownNameError, "unknown score",
         lambda d, a: _explain(a, d / "ok.png", score="entropy"), None),
     Row("unknown_state", errors.UnknownNameError, "unknown state",
         lambda d, a: _explain(a, d / "ok.png", state="middle"), None),
+    # models and weights
     Row("unknown_device", errors.ModelLoadError, "device",
-        lambda d, a: dc.load_model(MODEL, device="no-such-device"),
-        ("explain", "{d}/ok.png", "--prompt", PROMPT, "--device", "no-such-device")),
+        lambda d, a: dc.load_model(MODEL, device="no-such-device"), (*OK, "--device", "no-such-device")),
+    Row("remote_code_without_flag", errors.ModelLoadError, "--trust-remote-code",
+        lambda d, a: dc.load_model("llada-v"), (*OK, "--model", "llada-v"), entry=True),
+    Row("remote_code_local_folder", errors.ModelLoadError, "trust_remote_code",
+        lambda d, a: dc.load_model(str(d / "llada_v_folder")), (*OK, "--model", "{d}/llada_v_folder")),
+    Row("pickle_only_checkpoint", errors.ModelLoadError, "pickle weights only",
+        lambda d, a: dc.load_model(str(d / "gemma_pickle")), (*OK, "--model", "{d}/gemma_pickle")),
     Row("truncated_weights", errors.ModelLoadError, "sha256",
         lambda d, a: dc.load_model("shapes-tiny", weights_dir=d / "ckpt_truncated"), None),
     Row("corrupted_weights", errors.ModelLoadError, "sha256",
@@ -212,18 +250,24 @@ ROWS = [
         lambda d, a: dc.load_model("shapes-tiny", weights_dir=d / "nowhere"), None),
     Row("pickle_checkpoint", errors.ModelLoadError, "refusing to load pickle",
         lambda d, a: load_weights(d / "model.pt"), None),
+    # output and generation
     Row("unwritable_out", errors.OutputError, "cannot write",
-        lambda d, a: _explain(a, d / "ok.png").save(d / "a_file" / "sub"),
-        ("explain", "{d}/ok.png", "--prompt", PROMPT, "--out", "{d}/a_file/sub")),
+        lambda d, a: _explain(a, d / "ok.png").save(d / "a_file" / "sub"), (*OK, "--out", "{d}/a_file/sub")),
     Row("sampling_without_seed", errors.GenerationError, "seed",
         lambda d, a: _explain(a, d / "ok.png", generation=dc.GenerationConfig(gen_length=8, temperature=0.7)),
-        ("explain", "{d}/ok.png", "--prompt", PROMPT, "--temperature", "0.7")),
+        (*OK, "--temperature", "0.7")),
+    Row("steps_not_dividing", errors.GenerationError, "multiple",
+        lambda d, a: _explain(a, d / "ok.png", generation=dc.GenerationConfig(gen_length=8, block_length=4, steps=3)),
+        (*OK, "--block-length", "4", "--steps", "3")),
     # converted and accepted
-    Row("grayscale", None, "", lambda d, a: _explain(a, d / "gray.png"), None),
-    Row("rgba", None, "", lambda d, a: _explain(a, d / "rgba.png"), None),
-    Row("palette", None, "", lambda d, a: _explain(a, d / "palette.png"), None),
+    Row("grayscale", None, "", lambda d, a: _explain(a, d / "gray.png"),
+        ("explain", "{d}/gray.png", "--prompt", PROMPT, "--no-pictures")),
+    Row("rgba", None, "", lambda d, a: _explain(a, d / "rgba.png"),
+        ("explain", "{d}/rgba.png", "--prompt", PROMPT, "--no-pictures")),
+    Row("palette", None, "", lambda d, a: _explain(a, d / "palette.png"),
+        ("explain", "{d}/palette.png", "--prompt", PROMPT, "--no-pictures")),
     Row("gray_16bit", None, "", lambda d, a: _explain(a, d / "gray16.png"),
-        ("explain", "{d}/gray16.png", "--prompt", PROMPT, "--out", "{d}/out16", "--no-pictures")),
+        ("explain", "{d}/gray16.png", "--prompt", PROMPT), entry=True),
 ]
 
 CLI_ROWS = [r for r in ROWS if r.cli is not None]
@@ -233,7 +277,7 @@ def _cli_argv(row: Row, d: Path) -> list[str]:
     args = [a.replace("{d}", str(d)) for a in row.cli]
     if "--model" not in args and args[0] == "explain":
         args += ["--model", MODEL]
-    if row.error is not None and "--out" not in args:
+    if "--out" not in args:
         args += ["--out", str(d / f"out_{row.id}")]
     return args
 
@@ -246,17 +290,37 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cli_results(files) -> dict[str, subprocess.CompletedProcess]:
-    """Run every CLI row (and the zero-gradient CLI run) as concurrent real subprocesses."""
-    jobs = {r.id: [sys.executable, "-m", "diffusion_cam.cli", *_cli_argv(r, files)] for r in CLI_ROWS}
-    jobs["zero_gradients"] = [sys.executable, str(files / "zero_model_cli.py"), "explain", str(files / "ok.png"),
-                              "--prompt", PROMPT, "--model", "zero-head", "--out", str(files / "out_zero"),
-                              "--no-pictures"]
-    procs = {k: subprocess.Popen(v, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=files)
-             for k, v in jobs.items()}
+    """Exit status, stdout and stderr of every CLI row (and a zero-gradient run).
+
+    Rows marked ``entry`` run as ``python -m diffusion_cam.cli``; the others
+    run as forked children of one interpreter (``CLI_FORKER``).  All start at once.
+    """
+    jobs = [{"id": r.id, "argv": _cli_argv(r, files), "stdout": str(files / f"{r.id}.out"),
+             "stderr": str(files / f"{r.id}.err")} for r in CLI_ROWS if not r.entry]
+    jobs.append({"id": "zero_gradients", "argv": ["explain", str(files / "ok.png"), "--prompt", PROMPT, "--model",
+                                                  "zero-head", "--out", str(files / "out_zero"), "--no-pictures"],
+                 "stdout": str(files / "zero.out"), "stderr": str(files / "zero.err")})
+    (files / "jobs.json").write_text(json.dumps(jobs))
+    procs = {r.id: subprocess.Popen([sys.executable, "-m", "diffusion_cam.cli", *_cli_argv(r, files)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=files)
+             for r in CLI_ROWS if r.entry}
+    forker = subprocess.Popen([sys.executable, str(files / "cli_forker.py"), str(files / "jobs.json"),
+                               str(files / "codes.json")], env=_env(), cwd=files, stderr=subprocess.PIPE, text=True)
     results = {}
-    for key, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    try:
+        for key, proc in procs.items():
+            out, err = proc.communicate(timeout=600)
+            results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        _, forker_err = forker.communicate(timeout=600)
+    finally:
+        for proc in [*procs.values(), forker]:
+            if proc.poll() is None:
+                proc.kill()
+    assert forker.returncode == 0, forker_err
+    codes = json.loads((files / "codes.json").read_text())
+    for job in jobs:
+        results[job["id"]] = subprocess.CompletedProcess(
+            job["argv"], codes[job["id"]], Path(job["stdout"]).read_text(), Path(job["stderr"]).read_text())
     return results
 
 
@@ -289,9 +353,10 @@ def test_cli(row, files, cli_results):
     assert "Traceback" not in res.stderr
     if row.error is None:
         assert res.returncode == 0, res.stderr
-        out = files / "out16"
-        doc = json.loads((out / "result.json").read_text())
+        assert not res.stderr.strip(), res.stderr  # no warning either: converted images give real maps
+        doc = json.loads((files / f"out_{row.id}" / "result.json").read_text())
         assert doc["image_size"] == [48, 48] and doc["tokens"]
+        assert not any(t["degenerate"] for t in doc["tokens"])
         return
     lines = res.stderr.strip().splitlines()
     assert res.returncode != 0

@@ -49,7 +49,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 _PICKLE_HINT = ("pickle checkpoints can run arbitrary code when loaded; convert it to .safetensors, "
-                "or pass allow_pickle=True if you trust its source")
+                "or pass allow_pickle=True (CLI: --allow-pickle) if you trust its source")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
