@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -116,6 +117,7 @@ def load_shapes_tiny(weights_dir: str | Path | None = None, verify: bool = True,
     from safetensors import SafetensorError
 
     from ..models.shapes_tiny import WEIGHTS_DIR, load_pretrained
+    from ..safe_load import verify_sha256
 
     directory = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     weights = directory / "model.safetensors"
@@ -125,13 +127,13 @@ def load_shapes_tiny(weights_dir: str | Path | None = None, verify: bool = True,
             "reinstall the package or train them with 'diffusion-cam train-shapes'"
         )
     try:
-        model = load_pretrained(directory, verify=verify)
+        if verify:
+            # ModelLoadError naming the file, both digests and whether it looks truncated
+            recorded = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("weights_sha256")
+            if recorded:
+                verify_sha256(weights, recorded)
+        model = load_pretrained(directory, verify=False)
     except ValueError as err:
-        if "sha256" in str(err):
-            raise ModelLoadError(
-                f"{weights} is corrupt or truncated ({weights.stat().st_size:,} bytes): its sha256 does not match "
-                f"the one recorded in {directory / 'config.json'}; reinstall the package"
-            ) from None
         raise ModelLoadError(f"cannot load shapes-tiny from {directory}: {err}") from None
     except (SafetensorError, RuntimeError, OSError, KeyError) as err:
         raise ModelLoadError(f"cannot load shapes-tiny weights {weights}: {err}") from None
