@@ -1,0 +1,1 @@
+"""Models shipped with diffusion-cam."""
