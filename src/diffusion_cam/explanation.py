@@ -106,6 +106,27 @@ class Explanation:
 
         return show(self, cmap=cmap, alpha=alpha)
 
+    def evaluate(self, mask: np.ndarray, mode: str | None = None) -> dict[str, Any]:
+        """Score every token's map against a ground-truth ``mask`` and keep the result in :attr:`metrics`.
+
+        ``mask`` is a label image (0 = background, 1.. = objects) or a binary
+        mask.  ``mode`` ``"max_class"`` (the reference's image-level score:
+        best class) or ``"mask"`` (every non-zero pixel is the referent);
+        default: ``"mask"`` for a binary mask, ``"max_class"`` otherwise.
+        """
+        from . import metrics
+
+        labels = np.asarray(mask)
+        if labels.ndim != 2:
+            raise TargetError(f"ground-truth mask must be a 2-D label image, got shape {labels.shape}")
+        if mode is None:
+            mode = "mask" if len(np.unique(labels[labels > 0])) <= 1 else "max_class"
+        per_token = [metrics.score(m, labels if mode == "max_class" else labels > 0, mode=mode) for m in self.maps]
+        for row, m in zip(per_token, self.maps):
+            row["pointing_game"] = float(metrics.pointing_game(m, labels > 0))
+        self.metrics = {"mode": mode, "per_token": per_token, "mean": metrics.aggregate(per_token)}
+        return self.metrics
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no arrays)."""
         return {

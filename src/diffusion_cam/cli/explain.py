@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="diffusion_cam_out", help="output directory (default: ./diffusion_cam_out)")
     p.add_argument("--no-pictures", action="store_true", help="write only result.json and maps.npz")
     p.add_argument("--compare-raw", action="store_true", help="show raw next to refined maps in grid.png")
+    p.add_argument("--mask", default=None, metavar="PNG",
+                   help="ground-truth label image (0 = background) or binary mask: adds localisation metrics")
     add_model_options(p)
     add_method_options(p)
     p.set_defaults(run=run)
@@ -45,22 +47,42 @@ def prepare_output(path: str) -> Path:
     return out
 
 
+def load_mask(path: str):
+    """A ground-truth label image as a 2-D integer array (colour PNGs are read as grey)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from ..errors import ImageLoadError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L") if img.mode not in ("L", "P", "I", "I;16", "1") else img).astype(np.int64)
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: no such mask file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageLoadError(f"{path}: cannot read mask image ({err})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import get_method
 
     out = prepare_output(args.out)
     adapter = load_adapter(args)
     method = get_method(args.method, adapter, **method_kwargs(args, adapter))
+    mask = load_mask(args.mask) if args.mask else None
     exp = method.explain(args.image, args.prompt, targets=_targets(args.targets))
+    if mask is not None:
+        exp.evaluate(mask)
     exp.save(out)
     written = ["result.json", "maps.npz"]
     if not args.no_pictures:
-        try:
-            from ..visualize import write_pictures
-        except ImportError:
-            write_pictures = None
-        if write_pictures is not None:
-            written += write_pictures(exp, out, compare_raw=args.compare_raw)
+        from ..visualize import write_pictures
+
+        written += write_pictures(exp, out, compare_raw=args.compare_raw)
     print(f"answer: {exp.answer}")
+    if exp.metrics:
+        mean = exp.metrics["mean"]
+        print("metrics (mean over tokens): " + ", ".join(
+            f"{k}={mean[k]:.3f}" for k in ("obj_iou", "contrast", "concentration", "f3") if k in mean))
     print(f"wrote {', '.join(written)} to {out}")
     return 0

@@ -1,0 +1,44 @@
+"""The explain command end to end on the tiny model, and ground-truth metrics."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+import diffusion_cam as dc
+from diffusion_cam.cli import main
+from diffusion_cam.testing import random_image
+
+
+def test_explain_writes_result_maps_pictures_and_metrics(tmp_path, capsys):
+    img, mask = tmp_path / "img.png", tmp_path / "mask.png"
+    Image.fromarray(random_image(0)).save(img)
+    labels = np.zeros((48, 48), np.uint8)
+    labels[5:20, 5:20], labels[30:44, 28:44] = 1, 2
+    Image.fromarray(labels).save(mask)
+    out = tmp_path / "out"
+    rc = main(["explain", str(img), "--prompt", "describe the image", "--model", "tiny-random",
+               "--out", str(out), "--mask", str(mask), "--layer", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "result.json").read_text())
+    assert printed.splitlines()[0] == f"answer: {result['answer']}"
+    assert "metrics (mean over tokens)" in printed
+    assert result["settings"]["layers"] == [1] and result["settings"]["state"] == "trajectory"
+    assert [t["index"] for t in result["tokens"]] == list(range(len(result["tokens"])))
+    assert result["metrics"]["mode"] == "max_class" and len(result["metrics"]["per_token"]) == len(result["tokens"])
+    with np.load(out / "maps.npz") as npz:
+        assert npz["maps"].dtype == np.float32 and npz["maps"].shape == (len(result["tokens"]), 48, 48)
+    for name in ("grid.png", "trajectory.gif", "report.html"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_evaluate_scores_a_perfect_map_as_perfect(tiny, image):
+    exp = dc.GradientCAM(tiny, layer=1, modules=()).explain(image, "describe the image", targets=[0])
+    mask = np.zeros((48, 48), bool)
+    mask[8:24, 16:40] = True
+    exp.maps = mask[None].astype(np.float32)
+    m = exp.evaluate(mask)
+    assert m["mode"] == "mask"
+    assert m["per_token"][0]["obj_iou"] == 1.0 and m["per_token"][0]["concentration"] > 0.999
+    assert m["per_token"][0]["pointing_game"] == 1.0
