@@ -63,6 +63,15 @@ def test_resolver_picks_a_family_for_hub_variants_and_local_folders(tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": "llava_llada"}))
     with pytest.raises(ModelLoadError, match="trust_remote_code"):
         dc.load_model(str(folder))
+    named = tmp_path / "Dimple-7B"  # no model_type: recognised by the folder's name
+    named.mkdir()
+    (named / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="dimple runs model code"):
+        dc.load_model(str(named))
+    unknown = tmp_path / "something-else"
+    unknown.mkdir()
+    with pytest.raises(dc.errors.UnknownNameError):
+        dc.load_model(str(unknown))
 
 
 def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path):

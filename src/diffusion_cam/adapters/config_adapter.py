@@ -371,7 +371,8 @@ class ConfigAdapter(Adapter):
                 if value.is_floating_point():
                     value = value.to(next(self._model.parameters()).dtype)
             elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-                value = [v.to(device) for v in value]
+                dtype = next(self._model.parameters()).dtype
+                value = [v.to(device, dtype) if v.is_floating_point() else v.to(device) for v in value]
             kwargs[key] = value
         return kwargs
 
@@ -458,8 +459,9 @@ def _resolver(name: str):
         for spec in specs:
             if model_type in spec.model_types or any(a in spec.model_types for a in archs):
                 return lambda n, **o: load_family(spec, n, **o)
-        for spec in specs:  # a local copy named like a hub checkpoint
-            if spec.matches_hub_id(f"{path.parent.name}/{path.name}") or spec.matches_hub_id(f"*/{path.name}"):
+        for spec in specs:  # a local copy named like a hub checkpoint ("LLaDA-V", "lavida-llada-v1.0-instruct")
+            repos = [h.split("/")[-1].lower() for h in spec.hub_ids]
+            if path.name.lower() in repos or spec.matches_hub_id(f"local/{path.name}"):
                 return lambda n, **o: load_family(spec, n, **o)
         return None
     for spec in specs:

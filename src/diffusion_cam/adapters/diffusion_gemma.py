@@ -313,7 +313,9 @@ class DiffusionGemmaAdapter(Adapter):
         s = self.sampler
         steps = int(config.steps or s["max_denoising_steps"])
         if steps <= 0:
-            raise ValueError(f"steps must be positive, got {steps}")
+            from ..errors import GenerationError
+
+            raise GenerationError(f"DiffusionGemma needs a positive number of denoising steps, got {steps}")
         seed = self.seed if config.seed is None else int(config.seed)
         rng = torch.Generator(device="cpu").manual_seed(seed)
         device = self.device
