@@ -266,6 +266,9 @@ ROWS = [
         ("explain", "{d}/rgba.png", "--prompt", PROMPT, "--no-pictures")),
     Row("palette", None, "", lambda d, a: _explain(a, d / "palette.png"),
         ("explain", "{d}/palette.png", "--prompt", PROMPT, "--no-pictures")),
+    Row("loading_flags_on_a_builtin_model", None, "",
+        lambda d, a: _explain(dc.load_model(MODEL, allow_pickle=True, trust_remote_code=True), d / "ok.png"),
+        (*OK, "--allow-pickle", "--trust-remote-code", "--no-pictures")),
     Row("gray_16bit", None, "", lambda d, a: _explain(a, d / "gray16.png"),
         ("explain", "{d}/gray16.png", "--prompt", PROMPT), entry=True),
 ]

@@ -66,7 +66,8 @@ def load_model(name: str = "shapes-tiny", **options: Any) -> Adapter:
     raise UnknownNameError(f"unknown model {name!r}; known models: {known} (or a local path / hub id of a supported family)")
 
 
-def _tiny_random(trust_remote_code: bool = False, **options: Any) -> Adapter:
+def _tiny_random(trust_remote_code: bool = False, allow_pickle: bool = False, **options: Any) -> Adapter:
+    # loading flags are accepted and have nothing to act on: the weights are generated, not read
     from ..testing import tiny_adapter
 
     return tiny_adapter(**options)
