@@ -274,8 +274,6 @@ class DiffusionGemmaAdapter(Adapter):
         if tag == FRESH or state is None:
             if tag not in (FRESH, FINAL):
                 raise ExtractionError(f"denoising step {tag} was not recorded for these inputs")
-            if tag == FINAL and n_canvases > 1:
-                state = None
             canvas_index, soft = 0, None
         else:
             canvas_index, soft = state
