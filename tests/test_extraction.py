@@ -221,3 +221,11 @@ def test_get_method_by_name_matches_class(tiny, image):
     a = dc.get_method("diffusion-cam", tiny, layer=1).explain(image, PROMPT)
     b = dc.DiffusionCAM(tiny, layer=1).explain(image, PROMPT)
     assert np.array_equal(a.maps, b.maps)
+
+
+def test_chunk_size_auto_and_fixed_give_the_same_maps(tiny, image):
+    auto = dc.DiffusionCAM(tiny, layer=1, chunk_size="auto").explain(image, PROMPT)
+    fixed = dc.DiffusionCAM(tiny, layer=1, chunk_size=3).explain(image, PROMPT)
+    np.testing.assert_allclose(auto.raw_grid_maps, fixed.raw_grid_maps, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk_size"):
+        dc.DiffusionCAM(tiny, layer=1, chunk_size=0)

@@ -22,6 +22,18 @@ def _kernel(text: str) -> int | str:
     return k
 
 
+def _chunk(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive integer nor 'auto'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"chunk size must be at least 1, got {n}")
+    return n
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="shapes-tiny", help="built-in model name, hub id or local path (default: shapes-tiny)")
@@ -46,7 +58,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sicd-mode", default="reference", choices=("reference", "causal"), help="SICD variant")
     g.add_argument("--akd-kernel", default=3, type=_kernel, help="AKD kernel size (odd int) or 'adaptive'")
     g.add_argument("--distractor", default=None, help="word contrasted against, for --score contrastive")
-    g.add_argument("--chunk-size", type=int, default=16, help="tokens per batched backward (memory bound)")
+    g.add_argument("--chunk-size", type=_chunk, default=16,
+                   help="tokens per batched backward, or 'auto' to fit the device's free memory (default: 16)")
     g = p.add_argument_group("generation")
     g.add_argument("--gen-length", type=int, default=None, help="answer canvas length (default: the model's)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: one token per step)")

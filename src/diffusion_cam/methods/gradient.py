@@ -19,13 +19,14 @@ class GradientCAM(ExplanationMethod):
     committed it (tokens committed together share one forward);
     ``state="final"`` explains every token from one forward over the whole
     generated answer.  Gradients of all tokens of one forward come from one
-    batched vector-Jacobian product, ``chunk_size`` tokens at a time.
+    batched backward, ``chunk_size`` tokens at a time (``"auto"``: as many as
+    the device's free memory allows, see :func:`diffusion_cam.extract.memory.auto_chunk_size`).
     """
 
     name = "gradient-cam"
 
     def __init__(self, adapter, *, layer: int | Sequence[int] | None = None, state: str = "trajectory",
-                 score: str = "logit", cam: str = "poscam", chunk_size: int = 16,
+                 score: str = "logit", cam: str = "poscam", chunk_size: int | str = 16,
                  distractor: int | str | None = None, **kwargs: Any) -> None:
         super().__init__(adapter, **kwargs)
         if score not in SCORES:
@@ -35,6 +36,8 @@ class GradientCAM(ExplanationMethod):
         adapter.check_state(state)
         self.layers = adapter.resolve_layers(layer)
         self.state, self.score, self.cam = state, score, cam
+        if chunk_size != "auto" and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or 'auto', got {chunk_size!r}")
         self.chunk_size = chunk_size
         self.distractor = distractor
 
@@ -93,8 +96,13 @@ class GradientCAM(ExplanationMethod):
         flags, scores = [], []
         for sequence, members in self.forwards(run, indices):
             targets = self.targets(run, members)
+            chunk = self.chunk_size
+            if chunk == "auto":
+                from ..extract.memory import auto_chunk_size
+
+                chunk = auto_chunk_size(self.adapter, run.inputs, len(targets))
             gg = grid_gradients(self.adapter, run.inputs, sequence, self.layers,
-                                lambda logits, t=targets: target_scores(logits, t, self.score), self.chunk_size,
+                                lambda logits, t=targets: target_scores(logits, t, self.score), chunk,
                                 n_targets=len(targets))
             if grids is None:
                 grids = gg.grids
