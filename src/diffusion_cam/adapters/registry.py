@@ -48,6 +48,9 @@ def load_model(name: str = "shapes-tiny", **options: Any) -> Adapter:
     """Return an adapter for ``name``: a built-in model, or an id/path a family loader accepts.
 
     ``device`` and ``dtype`` move the loaded model; other options go to the loader.
+    Hub/path loaders receive ``dtype`` as ``torch_dtype`` so that large
+    checkpoints are read in half precision instead of being cast after a
+    full-precision load.
     """
     device = options.pop("device", None)
     dtype = options.pop("dtype", None)
@@ -58,6 +61,8 @@ def load_model(name: str = "shapes-tiny", **options: Any) -> Adapter:
         for resolver in _RESOLVERS:
             loader = resolver(name)
             if loader is not None:
+                if dtype is not None:
+                    options["torch_dtype"] = dtype
                 adapter = loader(name, **options)
                 break
     if adapter is not None:
