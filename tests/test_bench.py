@@ -84,7 +84,7 @@ class BrokenDataset(Dataset):
 
     def __init__(self):
         super().__init__()
-        good = ShapesDataset(n=1, seed=5)
+        good = ShapesDataset(n=1, seed=0)  # the tiny model's answer names an object of this scene
         self.inner = good
         self.items = [good.items[0], Item("broken:1", "describe the image", None, self._fail)]
 
@@ -98,11 +98,21 @@ class BrokenDataset(Dataset):
 
 def test_a_failing_item_is_recorded_with_its_reason_and_reported(tmp_path, tiny):
     specs, _ = method_specs(["center"])
-    tables = run_bench(tiny, BrokenDataset(), BenchConfig(tmp_path, specs, faithfulness=False, progress=False), 0, 1)
+    config = BenchConfig(tmp_path, specs, faithfulness=False, progress=False, save_explanations=-1)
+    tables = run_bench(tiny, BrokenDataset(), config, 0, 1)
     (failed,) = [r for r in read_records(tmp_path) if r["item"] == "broken:1"]
     assert failed["status"] == "failed" and failed["reason"] == "ImageLoadError: scene.png: not an image"
     assert tables["main"][0]["n_failed"] == 1 and tables["complete"]
     assert "ImageLoadError: scene.png: not an image" in (tmp_path / "table.md").read_text()
+    ok = [r for r in read_records(tmp_path) if r["status"] == "ok"]
+    assert len(ok) == 1
+    for r in ok:  # kept explanations carry their word scores (report gallery)
+        from diffusion_cam import Explanation
+
+        exp = Explanation.load(tmp_path / "explanations" / f"{r['index']:06d}" / "center")
+        assert exp.method == "center" and exp.metrics["units"] == r["units"]
+    if "report.html" in tables["written"]:
+        assert "ImageLoadError" in (tmp_path / "report.html").read_text()
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, tiny):

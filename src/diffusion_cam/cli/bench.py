@@ -49,8 +49,9 @@ def add_parser(sub) -> None:
     g.add_argument("--no-faithfulness", action="store_true", help="skip deletion / insertion (the slowest metric)")
     g.add_argument("--blur-sigma", type=float, default=None, help="blur of removed patches (default: side / 10)")
     g.add_argument("--batch-size", type=int, default=64, help="perturbed images per forward (faithfulness)")
-    g.add_argument("--save-explanations", action="store_true",
-                   help="keep every explanation under explanations/ (report gallery)")
+    g.add_argument("--save-explanations", nargs="?", type=int, const=-1, default=0, metavar="N",
+                   help="keep the explanations of the first N items (all without N) under explanations/ "
+                        "(report gallery; about 0.3 MB per item and method)")
     g.add_argument("--retry-failed", action="store_true", help="on resume, run failed items again")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)

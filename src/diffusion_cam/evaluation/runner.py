@@ -91,7 +91,7 @@ class BenchConfig:
     faithfulness: bool = True
     blur_sigma: float | None = None
     batch_size: int = 64
-    save_explanations: bool = False
+    save_explanations: int = 0  # keep the explanations of the first N items (-1: all)
     retry_failed: bool = False
     progress: bool = True
 
@@ -289,7 +289,8 @@ class BenchRunner:
         scored = score_units(self.adapter, run, exp, units, faithfulness=self.config.faithfulness,
                              blur_sigma=self.config.blur_sigma, batch_size=self.config.batch_size)
         score_s = time.perf_counter() - t1
-        if self.config.save_explanations:
+        keep = self.config.save_explanations
+        if keep and (keep < 0 or index < keep):
             exp.metrics = clean({"units": scored["units"], "function": scored["function"]})
             exp.save(self.out / "explanations" / f"{index:06d}" / _slug(spec.label))
         return self._record(index, item, spec.label, "ok", seconds=seconds, score_seconds=score_s,
