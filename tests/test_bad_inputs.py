@@ -269,6 +269,9 @@ ROWS = [
     Row("loading_flags_on_a_builtin_model", None, "",
         lambda d, a: _explain(dc.load_model(MODEL, allow_pickle=True, trust_remote_code=True), d / "ok.png"),
         (*OK, "--allow-pickle", "--trust-remote-code", "--no-pictures")),
+    Row("half_precision_weights", None, "",
+        lambda d, a: _explain(dc.load_model(MODEL, dtype="bfloat16"), d / "ok.png"),
+        (*OK, "--dtype", "float16", "--no-pictures")),
     Row("gray_16bit", None, "", lambda d, a: _explain(a, d / "gray16.png"),
         ("explain", "{d}/gray16.png", "--prompt", PROMPT), entry=True),
 ]

@@ -130,7 +130,9 @@ class TinyAdapter(Adapter):
         return ModelInputs(torch.tensor(ids), answer_start, gen_length, list(images), prompt, {"pixels": img})
 
     def forward(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:
-        pixels = inputs.extras["pixels"].to(self.device).expand(sequence.shape[0], -1, -1, -1)
+        # pixels follow the weights' dtype (--dtype bfloat16/float16); prepare() makes them float32
+        dtype = next(self._model.parameters()).dtype
+        pixels = inputs.extras["pixels"].to(self.device, dtype).expand(sequence.shape[0], -1, -1, -1)
         return self._model(sequence, pixels)
 
     def image_grids(self, inputs: ModelInputs, sequence: torch.Tensor) -> list[ImageGrid]:

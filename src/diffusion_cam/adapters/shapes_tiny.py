@@ -88,7 +88,8 @@ class ShapesTinyAdapter(Adapter):
         return ModelInputs(ids, answer_start, gen_length, list(images), prompt, {"pixel_values": pixels})
 
     def forward(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:
-        pixels = inputs.extras["pixel_values"].to(self.device)
+        # pixels follow the weights' dtype (--dtype bfloat16/float16); prepare() makes them float32
+        pixels = inputs.extras["pixel_values"].to(self.device, self._model.lm_head.weight.dtype)
         pixels = pixels.expand(sequence.shape[0], *pixels.shape[1:])
         return self._model(sequence.to(self.device), pixels)
 
