@@ -550,3 +550,29 @@ def test_token_text_never_escapes_the_output_directory(tmp_path):
         assert "/" not in name and "\\" not in name and "\x00" not in name and len(name) <= 100
     overlays = [w for w in names if w.startswith("overlay")]
     assert len(overlays) == n  # one distinct file per token, none lost to a clash
+
+
+# ------------------------------------------------------------ CLI contract
+class OutOfMemoryError(RuntimeError):
+    """Stands for torch.cuda.OutOfMemoryError (matched by name, as the CLI does)."""
+
+
+@pytest.mark.parametrize("raised, code, expected", [
+    (errors.PromptError("first line\nsecond line"), 2, "error: first line second line"),
+    (RuntimeError("shape mismatch\n  at layer 3"), 1, "error: internal error RuntimeError: shape mismatch at layer 3"),
+    (OutOfMemoryError("CUDA out of memory.\nTried to allocate 2 GiB"), 1, "error: out of accelerator memory"),
+    (MemoryError(), 1, "error: out of memory"),
+], ids=["multi_line_error", "unexpected_error", "accelerator_oom", "host_oom"])
+def test_cli_prints_one_line_whatever_the_message(raised, code, expected, monkeypatch, capsys):
+    from diffusion_cam import cli
+    from diffusion_cam.cli import explain
+
+    def fail(args):
+        raise raised
+
+    monkeypatch.setattr(explain, "run", fail)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main() replaces it; restore after
+    monkeypatch.delenv("DIFFUSION_CAM_DEBUG", raising=False)
+    assert cli.main(["explain", "x.png", "--prompt", PROMPT]) == code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected)

@@ -30,8 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: object) -> str:
+    # the CLI promises one line per error or warning, whatever the message (torch's often span several)
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {_one_line(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DiffusionCamError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -58,7 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # an unexpected failure still gets one line; --debug shows the traceback
         if debug:
             raise
-        print(f"error: internal error {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+            print("error: out of accelerator memory; try a smaller --chunk-size, fewer tokens or --dtype bfloat16",
+                  file=sys.stderr)
+            return 1
+        print(f"error: internal error {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return 1
 
 
