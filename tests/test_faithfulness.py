@@ -7,7 +7,7 @@ from torch import nn
 
 from diffusion_cam.adapters.base import Adapter, ImageGrid, ModelInputs
 from diffusion_cam.metrics.faithfulness import (
-    FRACTIONS, PerturbationTarget, _cells, auc, blurred, deletion_insertion, patch_order, perturbed_images)
+    FRACTIONS, PerturbationTarget, _cells, auc, blurred, deletion_insertion, patch_order, patch_scores, perturbed_images)
 
 SIZE, GRID = 32, 4
 
@@ -105,7 +105,9 @@ def test_perturbations_are_batched_in_one_forward_and_equal_single_forwards():
     one = RegionModel()
     rb = _curves(batched, [good, bad])
     r1 = _curves(one, [good, bad], batch_size=1)
-    assert max(batched.calls) == 44  # 2 tokens x (11 deletion + 11 insertion) images in one forward (<= 64)
+    # 2 maps x (11 deletion + 11 insertion) images, of which the intact and the fully blurred image are
+    # the same for both curves and both maps (same token): 38 distinct images, one forward (<= 64)
+    assert batched.calls[-1] == 38 and len(batched.calls) == 4  # after the one-time batching check (1, 1, 2)
     assert max(one.calls) == 1
     for a, b in zip(rb, r1):
         np.testing.assert_allclose(a.deletion, b.deletion, rtol=1e-6)
@@ -116,7 +118,7 @@ def test_inputs_that_cannot_be_stacked_fall_back_to_single_forwards():
     good, _ = _maps()
     adapter = RegionModel(list_extra=True)
     (res,) = _curves(adapter, [good])
-    assert max(adapter.calls) == 1 and len(adapter.calls) == 22
+    assert max(adapter.calls) == 1 and len(adapter.calls) == 20  # 22 images, 2 of them shared by both curves
     assert res.deletion_auc < res.insertion_auc
 
 
@@ -142,14 +144,14 @@ def test_perturbed_images_replace_exactly_the_ranked_patches():
 
 def test_ties_are_broken_by_a_fixed_permutation_not_raster_order():
     cells = _cells((GRID, GRID), (0, 0, SIZE, SIZE), (SIZE, SIZE))
-    flat = np.zeros((SIZE, SIZE))
-    o1, o2 = patch_order(flat, cells), patch_order(flat, cells)
+    flat = patch_scores(np.zeros((SIZE, SIZE)), cells, (GRID, GRID))
+    o1, o2 = patch_order(flat), patch_order(flat)
     np.testing.assert_array_equal(o1, o2)
     assert sorted(o1.tolist()) == list(range(GRID * GRID)) and o1.tolist() != list(range(GRID * GRID))
 
 
 def test_wrong_map_shape_is_rejected():
-    with pytest.raises(ValueError, match="saliency map has shape"):
+    with pytest.raises(ValueError, match="saliency map has shape \\(5, 5\\), the image is \\(32, 32\\) and its grid \\(4, 4\\)"):
         _curves(RegionModel(), [np.zeros((5, 5))])
 
 
@@ -166,3 +168,16 @@ def test_tiny_model_batched_and_unbatched_agree(tiny, image):
     for x, y in zip(a, b):
         np.testing.assert_allclose(x.deletion, y.deletion, rtol=1e-5)
         assert 0.0 <= x.deletion_auc <= 1.0 and 0.0 <= x.insertion_auc <= 1.0
+
+
+def test_a_grid_resolution_map_ranks_patches_like_its_image_resolution_twin_and_the_cache_skips_repeats():
+    good, _ = _maps()
+    grid_map = good[::8, ::8]  # constant per 8x8 patch: the same ranking at 4x4
+    adapter = RegionModel()
+    cache = {}
+    (a,) = _curves(adapter, [good], cache=cache)
+    n = len(adapter.calls)
+    (b,) = _curves(adapter, [grid_map], cache=cache)
+    assert len(adapter.calls) == n  # every perturbed image was already forwarded
+    assert a.deletion == b.deletion and a.insertion == b.insertion
+    assert len(cache) == 20  # 11 + 11 images, the intact and the blurred one shared by both curves

@@ -15,12 +15,14 @@ _KEEP = ("obj_iou", "precision", "recall", "contrast", "contrast_score", "concen
 
 
 def score_units(adapter, run, exp, units: Sequence[Unit], *, faithfulness: bool = True,
-                blur_sigma: float | None = None, batch_size: int = 64) -> dict[str, Any]:
+                blur_sigma: float | None = None, batch_size: int = 64, cache: dict | None = None) -> dict[str, Any]:
     """``{"units": [...], "function": [...]}`` for the units of one answer.
 
     A unit of several tokens is represented by its best token (highest
     Obj-IoU), as TAM does for multi-token words.  Maps are the explanation's
-    refined maps at image resolution, resized to the mask if it differs.
+    refined maps at image resolution, resized to the mask if it differs;
+    deletion / insertion rank the patches by the refined grid map.  ``cache``
+    (one dict per answer) lets several methods share perturbed forwards.
     """
     rows = {int(t): r for r, t in enumerate(exp.token_indices)}
     scored, function = [], []
@@ -50,9 +52,9 @@ def score_units(adapter, run, exp, units: Sequence[Unit], *, faithfulness: bool 
                                  "func_iou": float(metrics.func_iou(maps, threshold=threshold))})
     if faithfulness and scored:
         targets = [PerturbationTarget(run.canvas_position(r["token"]), run.answer_ids[r["token"]],
-                                      exp.maps[rows[r["token"]]]) for r in scored]
+                                      exp.grid_maps[rows[r["token"]]]) for r in scored]
         for rec, res in zip(scored, deletion_insertion(adapter, run.inputs, run.generation.sequence, targets,
-                                                       blur_sigma=blur_sigma, batch_size=batch_size)):
+                                                       blur_sigma=blur_sigma, batch_size=batch_size, cache=cache)):
             rec["deletion_auc"] = res.deletion_auc
             rec["insertion_auc"] = res.insertion_auc
     return {"units": scored, "function": function}

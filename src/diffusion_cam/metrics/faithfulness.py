@@ -1,7 +1,7 @@
 """Faithfulness of a map: deletion and insertion curves of the explained token's probability.
 
-Patches of the model's image grid are ranked by the map (mean of the map
-over each patch cell).  *Deletion* replaces the top-ranked patches by a
+Patches are the cells of the model's image grid, ranked by the map (its
+value at grid resolution, or its mean over the patch at image resolution).  *Deletion* replaces the top-ranked patches by a
 blurred copy of the image, 0 %, 10 %, ..., 100 % of them; *insertion* starts
 from the blurred image and restores the top-ranked patches in the same steps.
 At every step the perturbed image is prepared again with the same prompt and
@@ -34,8 +34,8 @@ import torch
 
 from ..adapters.base import Adapter, ModelInputs
 
-__all__ = ["FaithfulnessResult", "PerturbationTarget", "auc", "blurred", "deletion_insertion", "patch_order",
-           "perturbed_images"]
+__all__ = ["FaithfulnessResult", "PerturbationTarget", "auc", "blurred", "blurred_sets", "compose", "deletion_insertion",
+           "patch_order", "patch_scores", "perturbed_images"]
 
 #: fractions of patches removed (deletion) or restored (insertion)
 FRACTIONS = np.linspace(0.0, 1.0, 11)
@@ -86,32 +86,47 @@ def _cells(shape: tuple[int, int], region: tuple[float, float, float, float], si
     return [(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(h) for j in range(w)]
 
 
-def patch_order(saliency: np.ndarray, cells) -> np.ndarray:
-    """Cell indices from most to least salient.
+def patch_scores(saliency: np.ndarray, cells, grid_shape: tuple[int, int]) -> np.ndarray:
+    """Score of every patch: the grid map's value when the map is at grid resolution, else the
+    mean of the image-resolution map over the patch's pixels."""
+    sal = np.asarray(saliency, dtype=np.float64)
+    if sal.shape == tuple(grid_shape):
+        return sal.ravel()
+    return np.array([sal[y0:y1, x0:x1].mean() if (y1 > y0 and x1 > x0) else 0.0 for y0, y1, x0, x1 in cells])
+
+
+def patch_order(scores: np.ndarray) -> np.ndarray:
+    """Patch indices from most to least salient.
 
     Ties (flat or thresholded maps) are broken by a fixed pseudo-random
     permutation rather than raster order, which would favour the top rows.
     """
-    score = np.array([saliency[y0:y1, x0:x1].mean() if (y1 > y0 and x1 > x0) else 0.0
-                      for y0, y1, x0, x1 in cells], dtype=np.float64)
-    tie = np.random.default_rng(0).permutation(len(cells))
-    return np.lexsort((tie, -score))
+    scores = np.asarray(scores, dtype=np.float64)
+    tie = np.random.default_rng(0).permutation(len(scores))
+    return np.lexsort((tie, -scores))
 
 
-def perturbed_images(image: np.ndarray, saliency: np.ndarray, cells, blur: np.ndarray,
+def blurred_sets(order: np.ndarray, fractions: Sequence[float] = FRACTIONS) -> list[frozenset]:
+    """The patches shown blurred in each deletion image, then in each insertion image."""
+    n = len(order)
+    tops = [frozenset(order[: int(round(float(f) * n))].tolist()) for f in fractions]
+    everything = frozenset(range(n))
+    return tops + [everything - top for top in tops]
+
+
+def compose(image: np.ndarray, blur: np.ndarray, cells, blurred: frozenset) -> np.ndarray:
+    out = image.copy()
+    for c in blurred:
+        y0, y1, x0, x1 = cells[c]
+        out[y0:y1, x0:x1] = blur[y0:y1, x0:x1]
+    return out
+
+
+def perturbed_images(image: np.ndarray, saliency: np.ndarray, cells, blur: np.ndarray, grid_shape=None,
                      fractions: Sequence[float] = FRACTIONS) -> list[np.ndarray]:
     """Deletion images then insertion images, one per fraction each."""
-    order = patch_order(saliency, cells)
-    out = []
-    for mode in ("deletion", "insertion"):
-        for f in fractions:
-            k = int(round(float(f) * len(cells)))
-            base, patch_src = (image.copy(), blur) if mode == "deletion" else (blur.copy(), image)
-            for c in order[:k]:
-                y0, y1, x0, x1 = cells[c]
-                base[y0:y1, x0:x1] = patch_src[y0:y1, x0:x1]
-            out.append(base)
-    return out
+    scores = patch_scores(saliency, cells, grid_shape or (-1, -1))
+    return [compose(image, blur, cells, b) for b in blurred_sets(patch_order(scores), fractions)]
 
 
 # ------------------------------------------------------------------ batching
@@ -175,41 +190,55 @@ def _forward_probs(adapter: Adapter, inputs: list[ModelInputs], sequences: torch
 def deletion_insertion(adapter: Adapter, inputs: ModelInputs, sequence: torch.Tensor,
                        targets: Sequence[PerturbationTarget], *, blur_sigma: float | None = None,
                        mask_target: bool = True, batch_size: int = 64,
-                       fractions: Sequence[float] = FRACTIONS) -> list[FaithfulnessResult]:
+                       fractions: Sequence[float] = FRACTIONS, cache: dict | None = None) -> list[FaithfulnessResult]:
     """Deletion and insertion curves and AUCs of each target token.
 
     ``inputs``: the prepared query the answer was generated from (its first
     image is perturbed); ``sequence``: the final generated sequence (L,);
-    ``targets``: tokens with their maps at the image's resolution.  Patches are
-    the cells of the adapter's first image grid.
+    ``targets``: tokens with their maps, at the image's resolution or at the
+    resolution of the adapter's first image grid, whose cells are the patches.
+    ``cache``: a dict kept across calls about the same ``inputs`` and
+    ``sequence`` (several methods explaining one answer); a perturbed image
+    already forwarded for the same token is not forwarded again (the intact
+    and the fully blurred image are shared by every method).
     """
     if not targets:
         return []
+    cache = {} if cache is None else cache
     image = inputs.images[0]
     size = image.shape[:2]
     grid = adapter.image_grids(inputs, sequence)[0]
     cells = _cells(grid.shape, grid.region, size)
     blur = blurred(image, blur_sigma)
     mask_id = adapter.mask_token_id
-    prepared, seqs, positions, ids = [], [], [], []
+    masked = mask_target and mask_id is not None
+    keys_per_target, todo = [], {}
     for t in targets:
         sal = np.asarray(t.saliency, dtype=np.float64)
-        if sal.shape != size:
-            raise ValueError(f"saliency map has shape {sal.shape}, the image is {size}")
-        seq = sequence.clone()
-        if mask_target and mask_id is not None:
-            seq[t.position] = mask_id
-        for img in perturbed_images(image, sal, cells, blur, fractions):
-            prepared.append(adapter.prepare([img], inputs.prompt, inputs.gen_length))
+        if sal.shape not in (tuple(size), tuple(grid.shape)):
+            raise ValueError(f"saliency map has shape {sal.shape}, the image is {size} and its grid {grid.shape}")
+        order = patch_order(patch_scores(sal, cells, grid.shape))
+        keys = [(t.position, t.token_id, masked, blur_sigma, b) for b in blurred_sets(order, fractions)]
+        keys_per_target.append(keys)
+        for k in keys:
+            if k not in cache:
+                todo.setdefault(k, None)
+    if todo:
+        prepared, seqs = [], []
+        for position, _, _, _, b in todo:
+            prepared.append(adapter.prepare([compose(image, blur, cells, b)], inputs.prompt, inputs.gen_length))
+            seq = sequence.clone()
+            if masked:
+                seq[position] = mask_id
             seqs.append(seq)
-            positions.append(t.position)
-            ids.append(t.token_id)
-    probs = _forward_probs(adapter, prepared, torch.stack(seqs), positions, ids, batch_size)
+        keys = list(todo)
+        probs = _forward_probs(adapter, prepared, torch.stack(seqs), [k[0] for k in keys], [k[1] for k in keys],
+                               batch_size)
+        cache.update(zip(keys, (float(p) for p in probs)))
     n = len(fractions)
     results = []
-    for k in range(len(targets)):
-        curve = probs[2 * n * k: 2 * n * (k + 1)]
+    for keys in keys_per_target:
+        curve = [cache[k] for k in keys]
         dele, ins = curve[:n], curve[n:]
-        results.append(FaithfulnessResult(auc(dele, fractions), auc(ins, fractions),
-                                          [float(v) for v in dele], [float(v) for v in ins]))
+        results.append(FaithfulnessResult(auc(dele, fractions), auc(ins, fractions), dele, ins))
     return results
