@@ -202,7 +202,7 @@ def _report(out: Path, tables: dict[str, Any]) -> Path | None:
                               ("f3", "obj_iou", "concentration", "deletion_auc", "insertion_auc")}
             best = max(units, key=lambda u: u["f3"], default=None)
             if best is not None:
-                rec["token"] = best["word"].split()[0]
+                rec["token"] = int(best["token"])  # row of the explanation (every answer token is explained)
             exp_dir = out / "explanations" / f"{r['index']:06d}" / _slug(r["method"])
             if exp_dir.exists():
                 rec["explanation"] = str(exp_dir)
