@@ -75,6 +75,9 @@ def summarize(records: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
     row["deletion_auc"] = _mean([u.get("deletion_auc") for u in units])
     row["insertion_auc"] = _mean([u.get("insertion_auc") for u in units])
     row["seconds"] = _mean([r.get("seconds") for r in ok])
+    # share of answers equal to the dataset's reference (meaningful where answers are exact, as on Shapes)
+    row["answer_exact"] = _mean([float(r["answer"] == r["reference"]) for r in mine
+                                 if r.get("reference") is not None and "answer" in r])
     return row
 
 
