@@ -32,12 +32,15 @@ import diffusion_cam as dc
 from diffusion_cam import errors
 from diffusion_cam.io import images as image_io
 from diffusion_cam.safe_load import load_weights, verify_sha256, weight_files
+from diffusion_cam.datasets.shapes import generate_scene
 from diffusion_cam.testing import TinyAdapter, random_image, tiny_adapter
 
 MODEL = "tiny-random"
 PROMPT = "describe the image"
-#: a word the tiny model cannot produce (not in its vocabulary), so never in an answer
+#: a word neither model can produce (not in their vocabularies), so never in an answer
 ABSENT_WORD = "zebra"
+#: a Shapes-world scene (96 x 96): every other test image is derived from it
+SCENE = generate_scene(7).image
 
 
 # ------------------------------------------------------------------ inputs
@@ -117,7 +120,7 @@ json.dump(codes, open(sys.argv[2], "w"))
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("bad_inputs")
-    rgb = random_image(0)
+    rgb = SCENE
     Image.fromarray(rgb).save(d / "ok.png")
     (d / "zero.png").write_bytes(b"")
     (d / "text.png").write_text("this is not an image\n")
@@ -130,7 +133,8 @@ def files(tmp_path_factory) -> Path:
     rgba[:4, :4, 3] = 0  # transparent corner
     Image.fromarray(rgba, mode="RGBA").save(d / "rgba.png")
     Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(d / "palette.png")
-    g16 = (np.arange(48 * 48).reshape(48, 48) * 28).astype(np.uint16)  # 0 .. 64484
+    # the scene's green channel at 16 bits, plus low bits that 8-bit conversion must drop
+    g16 = np.minimum(rgb[..., 1].astype(np.int64) * 257 + np.arange(rgb.shape[1]) % 200, 65535).astype(np.uint16)
     Image.fromarray(g16).save(d / "gray16.png")
     (d / "a_file").write_text("a regular file cannot hold a directory\n")
     (d / "cli_forker.py").write_text(CLI_FORKER)
@@ -256,9 +260,12 @@ ROWS = [
     Row("sampling_without_seed", errors.GenerationError, "seed",
         lambda d, a: _explain(a, d / "ok.png", generation=dc.GenerationConfig(gen_length=8, temperature=0.7)),
         (*OK, "--temperature", "0.7")),
-    Row("steps_not_dividing", errors.GenerationError, "multiple",
+    Row("block_length_not_dividing", errors.GenerationError, "must divide",
+        lambda d, a: _explain(a, d / "ok.png", generation=dc.GenerationConfig(gen_length=8, block_length=5)),
+        (*OK, "--gen-length", "8", "--block-length", "5")),
+    Row("steps_not_a_multiple_of_blocks", errors.GenerationError, "multiple",
         lambda d, a: _explain(a, d / "ok.png", generation=dc.GenerationConfig(gen_length=8, block_length=4, steps=3)),
-        (*OK, "--block-length", "4", "--steps", "3")),
+        None),
     # converted and accepted
     Row("grayscale", None, "", lambda d, a: _explain(a, d / "gray.png"),
         ("explain", "{d}/gray.png", "--prompt", PROMPT, "--no-pictures")),
@@ -361,7 +368,7 @@ def test_cli(row, files, cli_results):
         assert res.returncode == 0, res.stderr
         assert not res.stderr.strip(), res.stderr  # no warning either: converted images give real maps
         doc = json.loads((files / f"out_{row.id}" / "result.json").read_text())
-        assert doc["image_size"] == [48, 48] and doc["tokens"]
+        assert doc["image_size"] == list(SCENE.shape[:2]) and doc["tokens"]
         assert not any(t["degenerate"] for t in doc["tokens"])
         return
     lines = res.stderr.strip().splitlines()
@@ -394,9 +401,9 @@ def test_huge_image_is_refused_before_decoding(files, monkeypatch):
 
 
 def test_converted_images_keep_their_pixels(files):
-    rgb = random_image(0)
+    rgb = SCENE
     gray = dc.load_image(files / "gray.png")
-    assert gray.dtype == np.uint8 and gray.shape == (48, 48, 3)
+    assert gray.dtype == np.uint8 and gray.shape == (*SCENE.shape[:2], 3)
     assert np.array_equal(gray[..., 0], rgb[..., 0]) and np.array_equal(gray[..., 1], gray[..., 2])
     rgba = dc.load_image(files / "rgba.png")
     assert np.array_equal(rgba[:4, :4], np.full((4, 4, 3), 255, np.uint8))  # transparent -> white
