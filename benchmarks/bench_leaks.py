@@ -46,9 +46,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--scenes", type=int, default=4, help="cycle through this many different scenes")
+    parser.add_argument("--weights-dir", default=None, help="shapes-tiny: load these weights instead of the shipped ones")
     args = parser.parse_args()
 
-    adapter = dc.load_model(args.model)
+    adapter = dc.load_model(args.model, **({"weights_dir": args.weights_dir} if args.weights_dir else {}))
     method = dc.get_method(args.method, adapter)
     inputs = [scene(args.model, s) for s in range(args.scenes)]
     method.explain(*inputs[0])  # warm-up: lazy imports, allocator pools
