@@ -1,10 +1,11 @@
 """Bad inputs, as a table: each must give one clear error, never a traceback or a silent empty result.
 
 Every row is checked through the Python API (a specific exception type from
-``diffusion_cam.errors``) and a representative subset, covering every error
-class, through the real ``diffusion-cam`` command in a subprocess (one line
-on stderr starting with ``error:``, non-zero exit).  The subprocesses start
-together, so the suite pays the torch import about once per core.
+``diffusion_cam.errors``) and every row that has a command-line form through
+the CLI (one line on stderr starting with ``error:``, non-zero exit).  A few
+CLI rows run as ``python -m diffusion_cam.cli``; the others run the CLI's
+``main`` in forked children of one interpreter (own stdout, stderr and exit
+status), so the suite pays the torch import a few times instead of per row.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from PIL import Image, ImageFile
 import diffusion_cam as dc
 from diffusion_cam import errors
 from diffusion_cam.io import images as image_io
-from diffusion_cam.safe_load import load_weights, verify_sha256, weight_files
 from diffusion_cam.datasets.shapes import generate_scene
+from diffusion_cam.safe_load import load_weights, verify_sha256, weight_files
 from diffusion_cam.testing import TinyAdapter, random_image, tiny_adapter
 
 MODEL = "tiny-random"
