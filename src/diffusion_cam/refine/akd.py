@@ -47,8 +47,13 @@ def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     return tuple((a, b) for a, b in pairs if b < n)
 
 
-def _sorted_planes(x: np.ndarray, k: int) -> list[np.ndarray]:
-    """Rank planes: element ``r`` holds, for every pixel, the r-th smallest value of its window."""
+def _ranked_windows(x: np.ndarray, k: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Per-pixel window statistics and rank planes.
+
+    Returns ``(planes, total, sq)``: ``planes[r]`` holds, for every pixel, the
+    r-th smallest value of its k×k window; ``total`` and ``sq`` are the
+    window sums of values and of squared values.
+    """
     h, w = x.shape
     n = k * k
     # numpy "reflect" excludes the edge sample, i.e. OpenCV BORDER_REFLECT_101
@@ -58,22 +63,27 @@ def _sorted_planes(x: np.ndarray, k: int) -> list[np.ndarray]:
         # One buffer for all planes plus a spare, updated in place: allocating
         # fresh planes per comparator costs more than the comparisons.
         buf = np.empty((n + 1, h, w))
+        stack = buf[:n]
         # (k, k, h, w) view whose [i, j] is the map shifted by (i, j).
-        buf[:n].reshape(k, k, h, w)[...] = sliding_window_view(padded, (h, w))
+        stack.reshape(k, k, h, w)[...] = sliding_window_view(padded, (h, w))
+        # Sums do not depend on the order, so take them before sorting in place.
+        total = stack.sum(axis=0)
+        sq = np.einsum("rhw,rhw->hw", stack, stack)
         planes = list(buf)
         spare = planes.pop()
         for a, b in _sorting_network(n):
             np.minimum(planes[a], planes[b], out=spare)
             np.maximum(planes[a], planes[b], out=planes[b])
             planes[a], spare = spare, planes[a]
-        return planes
+        return planes, total, sq
     # Copy into our own buffer: reshaping the view may or may not copy, and a
     # view (tiny maps) would be read-only.
     windows = np.empty((h, w, k, k))
     windows[...] = sliding_window_view(padded, (k, k))
     windows = windows.reshape(h, w, n)
     windows.sort(axis=-1)
-    return list(np.ascontiguousarray(np.moveaxis(windows, -1, 0)))
+    stack = np.ascontiguousarray(np.moveaxis(windows, -1, 0))
+    return list(stack), stack.sum(axis=0), np.einsum("rhw,rhw->hw", stack, stack)
 
 
 def rank_gaussian_filter(m, kernel_size: int = 3) -> np.ndarray:
@@ -94,17 +104,7 @@ def rank_gaussian_filter(m, kernel_size: int = 3) -> np.ndarray:
 
     n = k * k
     c = n // 2
-    planes = _sorted_planes(x, k)
-
-    # In-place accumulation into a few whole-map buffers keeps the working set
-    # small; temporaries per rank would dominate the run time on large maps.
-    tmp = np.empty_like(x)
-    total = np.zeros_like(x)
-    sq = np.zeros_like(x)
-    for p in planes:
-        total += p
-        np.multiply(p, p, out=tmp)
-        sq += tmp
+    planes, total, sq = _ranked_windows(x, k)
     mu = total / n
     # One-pass variance: its cancellation error only matters when the window
     # is nearly flat, where every rank weighting yields nearly the same value.
@@ -118,6 +118,9 @@ def rank_gaussian_filter(m, kernel_size: int = 3) -> np.ndarray:
     t2 = t * t
     step = t.copy()  # t^(2a-1)
     q = t.copy()  # t^(a²)
+    # In-place accumulation into a few whole-map buffers: temporaries per
+    # rank would dominate the run time on large maps.
+    tmp = np.empty_like(x)
     num = planes[c].copy()
     qsum = np.zeros_like(x)
     for a in range(1, c + 1):
