@@ -159,6 +159,18 @@ def test_save_load_round_trip(tmp_path, tok, model):
         load_pretrained(tmp_path)
 
 
+def test_projector_aux_follows_weights(tmp_path, tok, model):
+    assert len(model.projected_aux_logits(torch.zeros(1, 144, model.config.d_model))) == 3
+    cfg = ShapesTinyConfig.from_dict({**model.config.to_dict(), "projector_aux": False})
+    plain = ShapesTinyModel(cfg)
+    assert plain.proj_aux_head is None and plain.projected_aux_logits(torch.zeros(1, 144, 32)) == []
+    save_pretrained(plain, tmp_path)
+    doc = json.loads((tmp_path / "config.json").read_text())
+    doc.pop("projector_aux")
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    assert load_pretrained(tmp_path).proj_aux_head is None
+
+
 def test_padding_is_ignored(tok, model):
     ids, start, pix = _inputs(tok, model)
     padded = torch.cat([ids, torch.full((1, 3), tok.pad_id)], dim=1)

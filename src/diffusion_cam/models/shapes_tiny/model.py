@@ -53,6 +53,20 @@ class ShapesTinyConfig:
     # left-to-right rank of the covering object, class 0 = background). Used
     # only as a training signal; kept in the checkpoint so training resumes.
     aux_classes: tuple[int, ...] = (6, 5, 4)
+    # Feed the projector the patch's class probabilities from the auxiliary
+    # heads next to its features: a clean, low-dimensional colour/shape/rank
+    # code the language model learns to read in a few hundred steps (from the
+    # raw features alone it picked up shape quickly but colour not at all).
+    semantic_inputs: bool = True
+    # A learned embedding of the offset from <sep> added on the answer canvas:
+    # the canvas starts at a prompt-dependent absolute position, so absolute
+    # positions alone make "first answer word" a different slot per prompt.
+    answer_positions: bool = True
+    # The same dense colour/shape/rank heads on the projector output. Without
+    # them the projector, trained only through the language model, discards
+    # colour early on (decodable from the vision features, not from the image
+    # tokens) and colour questions stay at chance.
+    projector_aux: bool = True
     pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     tokenizer: dict[str, Any] = field(default_factory=dict)
@@ -144,10 +158,13 @@ class ShapesTinyModel(nn.Module):
         self.vision_blocks = nn.ModuleList(Block(c.vision_dim, c.vision_heads, c.mlp_ratio) for _ in range(c.vision_layers))
         self.vision_norm = nn.LayerNorm(c.vision_dim)
         self.aux_head = nn.Linear(c.vision_dim, sum(c.aux_classes))
-        self.projector = nn.Sequential(nn.Linear(c.vision_dim, c.d_model), nn.GELU(), nn.Linear(c.d_model, c.d_model))
+        proj_in = c.vision_dim + (sum(c.aux_classes) if c.semantic_inputs else 0)
+        self.projector = nn.Sequential(nn.Linear(proj_in, c.d_model), nn.GELU(), nn.Linear(c.d_model, c.d_model))
+        self.proj_aux_head = nn.Linear(c.d_model, sum(c.aux_classes)) if c.projector_aux else None
 
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.pos = nn.Parameter(torch.zeros(1, c.max_seq_len, c.d_model))
+        self.answer_pos = nn.Parameter(torch.zeros(1, c.gen_length, c.d_model)) if c.answer_positions else None
         self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.mlp_ratio) for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size)
@@ -156,6 +173,7 @@ class ShapesTinyModel(nn.Module):
         self.image_token_id = tok.image_id
         self.pad_token_id = tok.pad_id
         self.mask_token_id = tok.mask_id
+        self.sep_token_id = tok.sep_id
         self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(1, 3, 1, 1), persistent=False)
         self._init_weights()
@@ -170,6 +188,8 @@ class ShapesTinyModel(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
         nn.init.trunc_normal_(self.vision_pos, std=0.02)
         nn.init.trunc_normal_(self.pos, std=0.02)
+        if self.answer_pos is not None:
+            nn.init.trunc_normal_(self.answer_pos, std=0.02)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -215,7 +235,17 @@ class ShapesTinyModel(nn.Module):
             raise ValueError(f"every sequence needs exactly {n_img} <image> tokens, got {counts.tolist()}")
         x = self.embed(input_ids)
         x = x.masked_scatter(is_img.unsqueeze(-1), image_embeds.to(x.dtype).reshape(-1, x.shape[-1]))
-        return x + self.pos[:, :length]
+        x = x + self.pos[:, :length]
+        if self.answer_pos is not None:
+            # Offset from the (first) <sep>; rows without one get no answer embedding.
+            is_sep = input_ids == self.sep_token_id
+            has_sep = is_sep.any(dim=1, keepdim=True)
+            sep_at = is_sep.float().argmax(dim=1, keepdim=True)
+            offset = torch.arange(length, device=input_ids.device)[None, :] - sep_at - 1
+            on_canvas = has_sep & (offset >= 0)
+            slot = offset.clamp(0, self.answer_pos.shape[1] - 1)
+            x = x + self.answer_pos[0][slot] * on_canvas.unsqueeze(-1).to(x.dtype)
+        return x
 
     def forward_embeds(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         """LM pass given already projected image tokens (lets training share one image over prompts)."""
@@ -229,8 +259,21 @@ class ShapesTinyModel(nn.Module):
             blk.attn_mask = None
         return self.lm_head(self.norm(x))
 
+    def projected_aux_logits(self, image_tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Per-patch colour/shape/rank logits read from the projected image tokens (training signal)."""
+        if self.proj_aux_head is None:
+            return []
+        return list(self.proj_aux_head(image_tokens).split(list(self.config.aux_classes), dim=-1))
+
+    def project(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """Vision-encoder output -> language-model image tokens ``(B, n_img, d_model)``."""
+        x = vision_features
+        if self.config.semantic_inputs:
+            x = torch.cat([x] + [a.softmax(-1) for a in self.aux_logits(vision_features)], dim=-1)
+        return self.projector(x)
+
     def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encode_vision(pixel_values))
+        return self.project(self.encode_vision(pixel_values))
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, L, V)``. Image features go to the ``<image>`` positions in raster order.
@@ -283,8 +326,12 @@ def load_pretrained(weights_dir: str | Path, map_location: str | torch.device = 
     want = doc.get("weights_sha256")
     if verify and want and _sha256(wpath) != want:
         raise ValueError(f"{wpath} does not match the sha256 recorded in {cfg_path}")
-    model = ShapesTinyModel(ShapesTinyConfig.from_dict(doc))
-    model.load_state_dict(load_file(str(wpath), device=str(map_location)))
+    state = load_file(str(wpath), device=str(map_location))
+    cfg = ShapesTinyConfig.from_dict(doc)
+    # Checkpoints from before the option existed say it only through their weights.
+    cfg.projector_aux = "proj_aux_head.weight" in state
+    model = ShapesTinyModel(cfg)
+    model.load_state_dict(state)
     model.eval()
     return model
 

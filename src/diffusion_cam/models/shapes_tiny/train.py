@@ -304,7 +304,7 @@ def _parse_curriculum(spec: str) -> list[tuple[int, int]]:
 
 def train(
     out_dir: str | Path,
-    steps: int = 2200,
+    steps: int = 1800,
     batch_size: int = 16,
     seed: int = 0,
     threads: int = 2,
@@ -317,7 +317,10 @@ def train(
     vision_warmup: int = 200,
     vision_batch_size: int = 64,
     loss_weighting: str = "masked_mean",
-    curriculum: str = "300:1,700:2",
+    curriculum: str = "250:1,600:2",
+    focus_start: int = 800,
+    focus_steps: int = 120,
+    focus_batch_size: int = 48,
     init_from: str | Path | None = None,
     ckpt_every: int = 200,
     eval_every: int = 250,
@@ -326,6 +329,7 @@ def train(
     config: ShapesTinyConfig | None = None,
     progress: bool = True,
     time_limit_s: float | None = None,
+    stop_at: int | None = None,
 ) -> dict:
     """Train (or resume) into ``out_dir``; returns the final evaluation.
 
@@ -351,17 +355,23 @@ def train(
     hparams = dict(steps=steps, batch_size=batch_size, seed=seed, lr=lr, warmup=warmup, pool_size=pool_size,
                    mix=mix, aux_weight=aux_weight, aux_weight_final=aux_weight_final,
                    vision_warmup=vision_warmup, vision_batch_size=vision_batch_size, loss_weighting=loss_weighting,
-                   curriculum=curriculum, init_from=str(init_from) if init_from else None)
+                   curriculum=curriculum, focus_start=focus_start, focus_steps=focus_steps,
+                   focus_batch_size=focus_batch_size, init_from=str(init_from) if init_from else None)
     if loss_weighting not in ("inv_t", "masked_mean"):
         raise ValueError("loss_weighting must be 'inv_t' or 'masked_mean'")
     if init_from:
-        model.load_state_dict(load_pretrained(init_from).state_dict())
+        # Weights from a run without the projector heads start them fresh.
+        missing, unexpected = model.load_state_dict(_load_state(init_from), strict=False)
+        if unexpected or any(not k.startswith("proj_aux_head.") for k in missing):
+            raise ValueError(f"{init_from} does not fit this configuration (missing {missing}, unexpected {unexpected})")
 
     step0, elapsed0 = 0, 0.0
     ck = out / _CKPT
     if (ck / "train_state.pt").is_file():
         state = torch.load(ck / "train_state.pt", weights_only=False)
-        if state["hparams"] != hparams:
+        # Settings introduced after a checkpoint was written (absent from it)
+        # must leave the steps it already took unchanged; all others must match.
+        if any(state["hparams"].get(k, v) != v for k, v in hparams.items()) or set(state["hparams"]) - set(hparams):
             raise ValueError(f"{ck} was written with other settings {state['hparams']}; use a fresh --out")
         model = load_pretrained(ck, verify=True)
         model.train()
@@ -409,16 +419,22 @@ def train(
         s2 = step - vision_warmup
         gen_t = torch.Generator().manual_seed(int(rng.integers(2**62)))
         max_n = next((n for until, n in stages if s2 < until), 3)
-        idx = by_max_n[max_n][rng.integers(0, len(by_max_n[max_n]), size=batch_size)]
-        flip = rng.random(batch_size) < 0.5
-        ids, starts, img_rows, _ = build_sequences(tok, pool, idx, flip, kinds, rng, gen)
+        step_kinds, step_batch = kinds, batch_size
+        if focus_start <= s2 < focus_start + focus_steps:
+            # Focus phase: only one-word colour/shape answers about lone objects.
+            # Mixed batches leave the model reading shape but blind to colour
+            # for hundreds of steps; a short focused stretch breaks that plateau.
+            max_n, step_kinds, step_batch = 1, ["color", "shape"], focus_batch_size
+        idx = by_max_n[max_n][rng.integers(0, len(by_max_n[max_n]), size=step_batch)]
+        flip = rng.random(step_batch) < 0.5
+        ids, starts, img_rows, _ = build_sequences(tok, pool, idx, flip, step_kinds, rng, gen)
         n_seq = ids.shape[0]
         # Stratified t over the batch; the two caption copies of an image get antithetic t.
         strata = (torch.randperm(n_seq, generator=gen_t) + torch.rand(n_seq, generator=gen_t)) / n_seq
         t = _EPS + (1 - _EPS) * strata
-        if kinds.count("describe") == 2:
-            di = [i for i, k in enumerate(kinds) if k == "describe"]
-            k = len(kinds)
+        if step_kinds.count("describe") == 2:
+            di = [i for i, k in enumerate(step_kinds) if k == "describe"]
+            k = len(step_kinds)
             t.view(-1, k)[:, di[1]] = 1.0 + _EPS - t.view(-1, k)[:, di[0]]
         pos = torch.arange(gen)[None, :] + starts[:, None]
         canvas_clean = ids.gather(1, pos)
@@ -431,7 +447,8 @@ def train(
 
         pix = _batch_images(model, pool, idx, flip)
         feats = model.encode_vision(pix)
-        emb = model.projector(feats)[img_rows]
+        img_tokens = model.project(feats)
+        emb = img_tokens[img_rows]
         logits = model.forward_embeds(noisy, emb)
         canvas_logits = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
         ce = F.cross_entropy(canvas_logits.reshape(-1, logits.shape[-1]), canvas_clean.reshape(-1), reduction="none")
@@ -445,6 +462,10 @@ def train(
         aux_w = aux_weight_final + (aux_weight - aux_weight_final) * 0.5 * (1 + math.cos(math.pi * s2 / steps))
         aux_l = model.aux_logits(feats)
         loss_aux = aux_loss(aux_l, aux_t)
+        proj_l = model.projected_aux_logits(img_tokens)
+        if proj_l:
+            loss_aux = loss_aux + aux_loss(proj_l, aux_t)
+            aux_l = proj_l  # the running patch accuracy reports what the language model receives
         _step(opt, loss_diff + aux_w * loss_aux, model, _lr_at(s2, steps, lr, warmup))
 
         with torch.no_grad():
@@ -465,6 +486,10 @@ def train(
         log.flush()
         if done % ckpt_every == 0 or done == total:
             _save_checkpoint(model, opt, ck, done, time.time() - t_start, hparams)
+        if stop_at is not None and done >= stop_at:
+            _save_checkpoint(model, opt, ck, done, time.time() - t_start, hparams)
+            bar.write(f"stopping at step {done} as asked (--stop-at)")
+            break
         if time_limit_s is not None and time.time() - t_start > time_limit_s:
             _save_checkpoint(model, opt, ck, done, time.time() - t_start, hparams)
             bar.write(f"time limit reached at step {done}")
@@ -501,6 +526,12 @@ def _patch_acc(aux_l: list[torch.Tensor], aux_t: torch.Tensor) -> float:
     return (hit.all(-1) & on_obj).sum().item() / max(1, on_obj.sum().item())
 
 
+def _load_state(weights_dir: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(weights_dir) / "model.safetensors"))
+
+
 def _save_checkpoint(model: ShapesTinyModel, opt: torch.optim.Optimizer, ck: Path, step: int, elapsed: float, hparams: dict) -> None:
     save_pretrained(model, ck, extra={"train_step": step})
     tmp = ck / "train_state.pt.tmp"
@@ -511,7 +542,7 @@ def _save_checkpoint(model: ShapesTinyModel, opt: torch.optim.Optimizer, ck: Pat
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="run directory (checkpoints, log, final model)")
-    p.add_argument("--steps", type=int, default=2200, help="language-model steps (after the vision warm-up)")
+    p.add_argument("--steps", type=int, default=1800, help="language-model steps (after the vision warm-up)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (each paired with several prompts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -524,8 +555,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--vision-warmup", type=int, default=200, help="vision-encoder-only steps on the patch task first")
     p.add_argument("--vision-batch-size", type=int, default=64)
     p.add_argument("--loss-weighting", choices=("inv_t", "masked_mean"), default="masked_mean")
-    p.add_argument("--curriculum", default="300:1,700:2",
+    p.add_argument("--curriculum", default="250:1,600:2",
                    help="UNTIL:MAX_OBJECTS,... - language-model steps before UNTIL see scenes with at most MAX_OBJECTS")
+    p.add_argument("--focus-start", type=int, default=800, help="language-model step where the focus phase starts")
+    p.add_argument("--focus-steps", type=int, default=120)
+    p.add_argument("--focus-batch-size", type=int, default=48)
     p.add_argument("--init-from", default=None, help="start from these weights (experiments only)")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=250)
@@ -535,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--layers", type=int, default=None)
     p.add_argument("--vision-layers", type=int, default=None)
     p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
+    p.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) after this total step")
+    p.add_argument("--no-projector-aux", action="store_true", help="no auxiliary heads on the projector output")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = ShapesTinyConfig()
@@ -544,13 +580,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg.n_layers = a.layers
     if a.vision_layers is not None:
         cfg.vision_layers = a.vision_layers
+    if a.no_projector_aux:
+        cfg.projector_aux = False
     return train(a.out, steps=a.steps, batch_size=a.batch_size, seed=a.seed, threads=a.threads, lr=a.lr,
                  warmup=a.warmup, pool_size=a.pool_size, mix=a.mix, aux_weight=a.aux_weight,
                  aux_weight_final=a.aux_weight_final, vision_warmup=a.vision_warmup,
-                 vision_batch_size=a.vision_batch_size, loss_weighting=a.loss_weighting, curriculum=a.curriculum, init_from=a.init_from,
+                 vision_batch_size=a.vision_batch_size, loss_weighting=a.loss_weighting, curriculum=a.curriculum, focus_start=a.focus_start,
+                 focus_steps=a.focus_steps, focus_batch_size=a.focus_batch_size, init_from=a.init_from,
                  ckpt_every=a.ckpt_every, eval_every=a.eval_every,
                  eval_per_kind=a.eval_per_kind, final_eval_per_kind=a.final_eval_per_kind, config=cfg,
-                 progress=not a.no_progress, time_limit_s=a.time_limit)
+                 progress=not a.no_progress, time_limit_s=a.time_limit, stop_at=a.stop_at)
 
 
 if __name__ == "__main__":
