@@ -102,7 +102,7 @@ class BenchConfig:
             "model": {"name": adapter.name, "family": adapter.family},
             "dataset": dataset.describe(),
             "methods": [s.to_dict() for s in self.specs],
-            "main": [s.label for s in self.specs if not s.label.startswith("diffusion-cam[")],
+            "main": [s.label for s in self.specs if s.label == s.name],  # ablation-only configs are bracketed
             "ablation": [list(r) for r in self.ablation_rows],
             "method_options": _jsonable({k: v for k, v in self.method_options.items() if v is not None}),
             "faithfulness": {"enabled": self.faithfulness, "blur_sigma": self.blur_sigma, "mask_target": True,
