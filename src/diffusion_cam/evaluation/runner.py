@@ -95,6 +95,11 @@ class BenchConfig:
     retry_failed: bool = False
     progress: bool = True
 
+    def main_labels(self) -> list[str]:
+        """Methods of the main table: every spec except the ablation's own configurations."""
+        ablation = {label for _, label in self.ablation_rows}
+        return [s.label for s in self.specs if s.label not in ablation or s.label == s.name]
+
     def identity(self, adapter, dataset: Dataset) -> dict[str, Any]:
         """What a resumed run must share with the original (timings and output options excluded)."""
         return clean({
@@ -102,7 +107,7 @@ class BenchConfig:
             "model": {"name": adapter.name, "family": adapter.family},
             "dataset": dataset.describe(),
             "methods": [s.to_dict() for s in self.specs],
-            "main": [s.label for s in self.specs if s.label == s.name],  # ablation-only configs are bracketed
+            "main": self.main_labels(),
             "ablation": [list(r) for r in self.ablation_rows],
             "method_options": _jsonable({k: v for k, v in self.method_options.items() if v is not None}),
             "faithfulness": {"enabled": self.faithfulness, "blur_sigma": self.blur_sigma, "mask_target": True,
