@@ -83,7 +83,7 @@ class ShapesTinyAdapter(Adapter):
         image = images[0]
         if image.shape[:2] != (size, size):
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        pixels = self._model.preprocess(image)
+        pixels = self._model.preprocess(np.array(image))  # a writable copy: torch will not wrap read-only arrays
         return ModelInputs(ids, answer_start, gen_length, list(images), prompt, {"pixel_values": pixels})
 
     def forward(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:
