@@ -68,7 +68,11 @@ def main() -> None:
           f"{'batched/one':>12} {'loop/batched':>13}")
     for n in (16, 32):
         a = make(n)
-        r = bench(a, n, image, prompt, a.default_layer, args.repeat)
+        try:
+            r = bench(a, n, image, prompt, a.default_layer, args.repeat)
+        except dc.errors.PromptError as err:
+            print(f"{n:>4} skipped: {err}")
+            continue
         print(f"{n:>4} {r['one']*1e3:>10.1f} {r['batched']*1e3:>15.1f} {r['vmap']*1e3:>12.1f} {r['loop']*1e3:>12.1f} "
               f"{r['batched']/r['one']:>12.2f} {r['loop']/r['batched']:>13.2f}")
 
