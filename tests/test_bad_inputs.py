@@ -152,12 +152,10 @@ def files(tmp_path_factory) -> Path:
 
 
 def _small_checkpoints(d: Path) -> None:
-    """A small shapes-tiny checkpoint saved by the real writer, plus a truncated and a bit-flipped copy."""
-    from diffusion_cam.models.shapes_tiny import ShapesTinyConfig, ShapesTinyModel, save_pretrained
+    """A copy of the shipped shapes-tiny weights, plus a truncated and a bit-flipped copy."""
+    from diffusion_cam.models.shapes_tiny import WEIGHTS_DIR
 
-    # the default architecture with a thin language model: small and quick to write
-    cfg = ShapesTinyConfig(d_model=32, n_layers=2, n_heads=2)
-    save_pretrained(ShapesTinyModel(cfg), d / "ckpt_ok")
+    shutil.copytree(WEIGHTS_DIR, d / "ckpt_ok")
     for damage in ("truncated", "flipped"):
         shutil.copytree(d / "ckpt_ok", d / f"ckpt_{damage}")
         weights = d / f"ckpt_{damage}" / "model.safetensors"
@@ -527,13 +525,19 @@ def test_pickle_checkpoints_need_an_explicit_flag(tmp_path, monkeypatch):
     assert weight_files(pickled_dir) == [pickled_dir / "model.safetensors"]
 
 
-def test_built_in_loader_messages(files):
-    """The shapes-tiny loader names the damaged file; the undamaged copy loads."""
-    assert len(dc.load_model("shapes-tiny", weights_dir=files / "ckpt_ok").blocks()) == 2
+def test_built_in_loader_messages(files, adapter):
+    """The shapes-tiny loader names the damaged file, both digests and a truncation; the intact copy loads."""
+    copy = dc.load_model("shapes-tiny", weights_dir=files / "ckpt_ok")
+    assert all(torch.equal(p, q) for p, q in zip(copy.model.state_dict().values(), adapter.model.state_dict().values()))
+    recorded = json.loads((files / "ckpt_ok" / "config.json").read_text())["weights_sha256"]
     for damage in ("truncated", "flipped"):
+        weights = files / f"ckpt_{damage}" / "model.safetensors"
         with pytest.raises(errors.ModelLoadError) as info:
             dc.load_model("shapes-tiny", weights_dir=files / f"ckpt_{damage}")
-        assert str(files / f"ckpt_{damage}" / "model.safetensors") in str(info.value)
+        message = str(info.value)
+        assert str(weights) in message and recorded in message
+        assert hashlib.sha256(weights.read_bytes()).hexdigest() in message
+        assert ("looks truncated" in message) == (damage == "truncated")
 
 
 # ---------------------------------------------------- output file names
