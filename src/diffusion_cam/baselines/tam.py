@@ -26,7 +26,7 @@ import torch
 
 from ..errors import UnknownNameError
 from ..extract import ActivationRecorder
-from ..methods.base import ExplanationMethod, RawMaps, Run
+from ..methods.base import ExplanationMethod, RawMaps, Run, state_forwards
 from ..refine import rank_gaussian_filter
 
 
@@ -63,12 +63,7 @@ class TAM(ExplanationMethod):
         return {**super().settings(), "layers": [self.layer], "state": self.state, "kernel": self.kernel}
 
     def _forwards(self, run: Run, indices: list[int]) -> list[tuple[torch.Tensor, list[int]]]:
-        if self.state == "final":
-            return [(run.generation.sequence, list(indices))]
-        groups: dict[int, list[int]] = {}
-        for i in indices:
-            groups.setdefault(run.generation.commit_step[i], []).append(i)
-        return [(run.generation.steps[s].sequence, members) for s, members in sorted(groups.items())]
+        return state_forwards(run, indices, self.state)
 
     @torch.no_grad()
     def _lens(self, run: Run, sequence: torch.Tensor, members: list[int], context: list[int]):

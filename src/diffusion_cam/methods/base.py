@@ -36,6 +36,21 @@ class Run:
         return self.inputs.answer_start + index
 
 
+def state_forwards(run: Run, indices: list[int], state: str) -> list[tuple["torch.Tensor", list[int]]]:
+    """(input sequence, answer indices explained from it) for every forward a state needs.
+
+    ``final``: one forward over the whole generated answer; ``trajectory``:
+    one replayed denoising step per commit step, each explaining the tokens
+    it committed.
+    """
+    if state == "final":
+        return [(run.generation.sequence, list(indices))]
+    groups: dict[int, list[int]] = {}
+    for i in indices:
+        groups.setdefault(run.generation.commit_step[i], []).append(i)
+    return [(run.generation.steps[s].sequence, members) for s, members in sorted(groups.items())]
+
+
 @dataclass
 class RawMaps:
     """Raw maps of K tokens at grid resolution, one (K, h, w) array per image grid."""

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import TargetError, UnknownNameError
 from ..extract import CAM_FORMULAS, SCORES, Target, cam_from_grid, grid_gradients, normalize, target_scores
-from .base import ExplanationMethod, RawMaps, Run
+from .base import ExplanationMethod, RawMaps, Run, state_forwards
 
 
 class GradientCAM(ExplanationMethod):
@@ -49,12 +49,7 @@ class GradientCAM(ExplanationMethod):
     # ------------------------------------------------------------------ plan
     def forwards(self, run: Run, indices: list[int]) -> list[tuple[torch.Tensor, list[int]]]:
         """(input sequence, answer indices explained from it) for every forward to run."""
-        if self.state == "final":
-            return [(run.generation.sequence, list(indices))]
-        groups: dict[int, list[int]] = {}
-        for i in indices:
-            groups.setdefault(run.generation.commit_step[i], []).append(i)
-        return [(run.generation.steps[s].sequence, members) for s, members in sorted(groups.items())]
+        return state_forwards(run, indices, self.state)
 
     def _distractor_id(self, run: Run, i: int) -> int | None:
         if self.score != "contrastive":
