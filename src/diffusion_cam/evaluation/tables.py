@@ -165,7 +165,7 @@ def _text(tables: dict[str, Any]) -> str:
 
 
 def bar_chart(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path | None:
-    """Grouped bars (Obj-IoU, Concentration, F3, pointing game; %) per method; None without matplotlib."""
+    """Grouped bars (Obj-IoU, Concentration, both F3, pointing game; %) per method; None without matplotlib."""
     try:
         import matplotlib
 
@@ -174,8 +174,8 @@ def bar_chart(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Pa
     except ImportError:
         return None
     keys = [("obj_iou", "Obj-IoU"), ("concentration", "Concentration"), ("f3_of_means", "F3 (of means)"),
-            ("pointing", "Pointing game")]
-    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=120)
+            ("f3_mean", "F3 (mean of words)"), ("pointing", "Pointing game")]
+    fig, ax = plt.subplots(figsize=(9, 3.6), dpi=120)
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(keys))
     for i, r in enumerate(rows):
