@@ -141,13 +141,13 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, r
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if shard.exists() and shard.read_text().count("\n") >= 2:
+        if shard.exists() and shard.read_text().count("\n") >= 1:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     before = shard.read_text().splitlines()
-    assert 2 <= len(before) < 16
+    assert 1 <= len(before) < 16
     with open(shard, "a") as f:  # as if killed in the middle of a write
         f.write('{"item": "shapes:10000007:describe the image", "meth')
     assert main(ARGS + ["--out", str(out)]) == 0
