@@ -1,13 +1,14 @@
-"""Sweep Diffusion-CAM's defaults (layer, state, score, SICD mode) and the baselines' layer on held-out scenes.
+"""Sweep Diffusion-CAM's defaults (map formula, layer, state, score, modules) and the baselines' layer.
 
 One bench run holds every configuration as its own method, so each scene's
 answer is generated once and shared.  Scenes start at seed 20_000_000: they
 are neither training scenes nor the ones the reported tables use
 (10_000_000 on), so a default chosen here is not tuned on the reported scenes.
+Every prompt type is swept (captions, colour / shape / count questions).
 
-    python benchmarks/sweep_shapes.py [--items 40] [--out runs/sweep_shapes] [--faithfulness]
+    python benchmarks/sweep_shapes.py [--items 30] [--out runs/sweep_shapes] [--faithfulness]
+    torchrun --nproc_per_node 2 benchmarks/sweep_shapes.py --items 30 --out runs/sweep_shapes
     python benchmarks/sweep_shapes.py --figure docs/bench_maps.png
-    torchrun --nproc_per_node 2 benchmarks/sweep_shapes.py --confirm --items 300 --faithfulness --out runs/confirm
 """
 
 from __future__ import annotations
@@ -15,63 +16,42 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import dataclasses
-
 import diffusion_cam as dc
-from diffusion_cam.evaluation import BenchConfig, MethodSpec, load_dataset, run_bench
+from diffusion_cam.datasets.shapes import PROMPT_TYPES
+from diffusion_cam.evaluation import BenchConfig, MethodSpec, dist_env, load_dataset, run_bench
 from diffusion_cam.evaluation.tables import markdown
-from diffusion_cam.methods.gradient import DiffusionCAM
+from diffusion_cam.extract import CAM_FORMULAS
 
 SWEEP_SEED = 20_000_000
-REPORTED_SEED = 10_000_000  # the scenes of docs/benchmarks.md
 
 
-class CentredDiffusionCAM(DiffusionCAM):
-    """Candidate (not the library's method): poscam on activations centred per channel over the image.
-
-    ``H = mean_c a_c max(A_c - mean_ij A_c, 0)``.  Where every patch carries a
-    large positive activation (background tokens of the built-in model do),
-    ``max(A, 0)`` weights the background as much as the objects and the
-    min-max-normalised map can come out inverted; centring removes that offset.
-    """
-
-    name = "diffusion-cam-centred"
-
-    def maps_from_gradients(self, gg):
-        acts = [[a - a.mean(dim=(0, 1), keepdim=True) for a in layer] for layer in gg.acts]
-        return super().maps_from_gradients(dataclasses.replace(gg, acts=acts))
-
-
-dc.register_method("diffusion-cam-centred", CentredDiffusionCAM)
-
-
-def configs(n_layers: int, default_layer: int) -> list[MethodSpec]:
-    specs = [MethodSpec("diffusion-cam", "diffusion-cam")]
-    for layer in range(n_layers):
-        if layer != default_layer:
-            specs.append(MethodSpec(f"diffusion-cam layer={layer}", "diffusion-cam", (("layer", layer),)))
+def configs(n_layers: int, default_layer: int, default_cam: str) -> list[MethodSpec]:
+    """Model defaults first, then one default changed at a time, then the baselines."""
+    specs = [MethodSpec(f"diffusion-cam (defaults: {default_cam}, block {default_layer}, trajectory)", "diffusion-cam")]
+    for cam in CAM_FORMULAS:
+        for layer in range(n_layers - 1):  # the last block gets no gradient at image positions
+            if (cam, layer) != (default_cam, default_layer):
+                specs.append(MethodSpec(f"cam={cam} block={layer}", "diffusion-cam", (("cam", cam), ("layer", layer))))
     specs += [
-        MethodSpec("diffusion-cam state=final", "diffusion-cam", (("state", "final"),)),
-        MethodSpec("diffusion-cam score=logprob", "diffusion-cam", (("score", "logprob"),)),
-        MethodSpec("diffusion-cam score=contrastive", "diffusion-cam", (("score", "contrastive"),)),
-        MethodSpec("diffusion-cam sicd=causal", "diffusion-cam", (("sicd_mode", "causal"),)),
-        MethodSpec("diffusion-cam no modules", "diffusion-cam", (("modules", ()),)),
-        MethodSpec("diffusion-cam akd=adaptive", "diffusion-cam", (("akd_kernel", "adaptive"),)),
-        MethodSpec("candidate: centred activations", "diffusion-cam-centred"),
-        MethodSpec("candidate: centred activations, no modules", "diffusion-cam-centred", (("modules", ()),)),
-        MethodSpec("candidate: centred activations, final state", "diffusion-cam-centred", (("state", "final"),)),
+        MethodSpec(f"block={n_layers - 1} (last)", "diffusion-cam", (("layer", n_layers - 1),)),
+        MethodSpec("state=final", "diffusion-cam", (("state", "final"),)),
+        MethodSpec("score=logprob", "diffusion-cam", (("score", "logprob"),)),
+        MethodSpec("score=contrastive", "diffusion-cam", (("score", "contrastive"),)),
+        MethodSpec("sicd=causal", "diffusion-cam", (("sicd_mode", "causal"),)),
+        MethodSpec("akd=adaptive", "diffusion-cam", (("akd_kernel", "adaptive"),)),
+        MethodSpec("no module", "diffusion-cam", (("modules", ()),)),
     ]
     for name in ("gradcam", "llava-cam"):
         specs.append(MethodSpec(name, name))
-        for layer in range(n_layers):
+        for layer in range(n_layers - 1):
             if layer != default_layer:
-                specs.append(MethodSpec(f"{name} layer={layer}", name, (("layer", layer),)))
+                specs.append(MethodSpec(f"{name} block={layer}", name, (("layer", layer),)))
     specs += [MethodSpec("tam", "tam"), MethodSpec("center", "center")]
     return specs
 
 
 def figure(adapter, path: Path, seeds=(SWEEP_SEED, SWEEP_SEED + 1)) -> None:
-    """Maps of the colour and shape words of a few held-out scenes: reference formula, candidate, TAM."""
+    """Maps of the colour and shape words of a few held-out scenes: spec formula, model default, TAM."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,9 +60,8 @@ def figure(adapter, path: Path, seeds=(SWEEP_SEED, SWEEP_SEED + 1)) -> None:
 
     from diffusion_cam.datasets import shapes
 
-    rows = [("Diffusion-CAM, no module", "diffusion-cam", {"modules": ()}),
-            ("Diffusion-CAM (default)", "diffusion-cam", {}),
-            ("candidate: centred activations", "diffusion-cam-centred", {}),
+    rows = [("Diffusion-CAM, poscam (method spec)", "diffusion-cam", {"cam": "poscam"}),
+            ("Diffusion-CAM (model default)", "diffusion-cam", {}),
             ("TAM", "tam", {})]
     panels = []
     for seed in seeds:
@@ -113,37 +92,26 @@ def figure(adapter, path: Path, seeds=(SWEEP_SEED, SWEEP_SEED + 1)) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--items", type=int, default=40, help="scenes (describe prompts)")
+    ap.add_argument("--items", type=int, default=30, help="scenes (every prompt of each)")
     ap.add_argument("--out", default="runs/sweep_shapes")
     ap.add_argument("--model", default="shapes-tiny")
     ap.add_argument("--weights", default=None, help="shapes-tiny weights directory (default: the shipped ones)")
     ap.add_argument("--faithfulness", action="store_true", help="also deletion / insertion (slower)")
     ap.add_argument("--figure", default=None, help="only draw the maps of two held-out scenes into this PNG")
-    ap.add_argument("--confirm", action="store_true",
-                    help="after the choice: Diffusion-CAM and the centred candidate on the reported scenes "
-                         "(seed 10_000_000 on, --items of them); runs under torchrun too")
     args = ap.parse_args()
     adapter = dc.load_model(args.model, **({"weights_dir": args.weights} if args.weights else {}))
     if args.figure:
         figure(adapter, Path(args.figure))
         return
-    if args.confirm:
-        dataset = load_dataset("shapes", n=args.items, seed=REPORTED_SEED, prompts=("describe",))
-        specs = [MethodSpec("diffusion-cam", "diffusion-cam"),
-                 MethodSpec("candidate: centred activations", "diffusion-cam-centred")]
-        config = BenchConfig(out=Path(args.out), specs=specs, faithfulness=args.faithfulness, progress=True)
-        tables = run_bench(adapter, dataset, config)
-        if tables is not None:
-            print(f"confirmation on {args.items} reported scenes (seed {REPORTED_SEED}+), model {args.model}")
-            print(markdown(tables["main"]))
-        return
-    dataset = load_dataset("shapes", n=args.items, seed=SWEEP_SEED, prompts=("describe",))
-    specs = configs(len(adapter.blocks()), adapter.default_layer)
+    dataset = load_dataset("shapes", n=args.items, seed=SWEEP_SEED, prompts=PROMPT_TYPES)
+    specs = configs(len(adapter.blocks()), adapter.default_layer, adapter.default_cam)
     config = BenchConfig(out=Path(args.out), specs=specs, faithfulness=args.faithfulness, progress=True)
-    tables = run_bench(adapter, dataset, config, rank=0, world=1)
-    print(f"sweep on {args.items} held-out scenes (seed {SWEEP_SEED}+), model {args.model}, "
-          f"default layer {adapter.default_layer}")
-    print(markdown(tables["main"]))
+    rank, world, _ = dist_env()
+    tables = run_bench(adapter, dataset, config, rank=rank, world=world)
+    if tables is not None:
+        print(f"sweep on {args.items} held-out scenes (seed {SWEEP_SEED}+, every prompt type), model {args.model}, "
+              f"default block {adapter.default_layer}, default formula {adapter.default_cam}")
+        print(markdown(tables["main"]))
 
 
 if __name__ == "__main__":

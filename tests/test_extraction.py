@@ -7,7 +7,7 @@ import torch
 import diffusion_cam as dc
 from diffusion_cam.adapters.base import GenerationConfig
 from diffusion_cam.errors import InfeasibleStateError, LayerError, TargetError, UnknownNameError
-from diffusion_cam.extract import Target, count_hooks, grid_gradients, target_scores
+from diffusion_cam.extract import CAM_FORMULAS, Target, cam_from_grid, count_hooks, grid_gradients, target_scores
 from diffusion_cam.generation import llada_generate
 
 PROMPT = "describe the image"
@@ -71,7 +71,7 @@ def test_batched_vjp_equals_per_token_backward(tiny, image, strategy):
 
 
 @pytest.mark.parametrize("score", ["logit", "logprob", "contrastive", "vocab_sum"])
-@pytest.mark.parametrize("cam", ["poscam", "gradcam"])
+@pytest.mark.parametrize("cam", CAM_FORMULAS)
 def test_maps_are_deterministic_and_normalised(tiny, image, score, cam):
     # the random model repeats one word, so the contrastive score gets an explicit distractor
     distractor = "circle" if score == "contrastive" else None
@@ -229,3 +229,36 @@ def test_chunk_size_auto_and_fixed_give_the_same_maps(tiny, image):
     np.testing.assert_allclose(auto.raw_grid_maps, fixed.raw_grid_maps, atol=1e-6)
     with pytest.raises(ValueError, match="chunk_size"):
         dc.DiffusionCAM(tiny, layer=1, chunk_size=0)
+
+
+def _minmax(h):
+    lo, hi = h.min(axis=(1, 2), keepdims=True), h.max(axis=(1, 2), keepdims=True)
+    return (h - lo) / (hi - lo + 1e-8)
+
+
+def test_map_formulas_match_their_definitions():
+    rng = np.random.default_rng(0)
+    acts = rng.normal(2.0, 1.0, (4, 5, 8))  # positive offset, as the built-in model's background tokens
+    grads = rng.normal(0.0, 1.0, (3, 4, 5, 8))
+    pos_g = np.maximum(grads, 0)
+    centred = acts - acts.mean(axis=(0, 1))
+    expected = {
+        "poscam": np.einsum("kd,hwd->khw", pos_g.mean(axis=(1, 2)), np.maximum(acts, 0)) / 8,
+        "gradcam": np.maximum(np.einsum("kd,hwd->khw", grads.mean(axis=(1, 2)), acts), 0),
+        "poscam-centred": np.einsum("kd,hwd->khw", pos_g.mean(axis=(1, 2)), np.maximum(centred, 0)) / 8,
+        "layercam": np.einsum("khwd,hwd->khw", pos_g, np.maximum(centred, 0)) / 8,
+        "taylor": np.maximum(np.einsum("khwd,hwd->khw", grads, centred), 0),
+    }
+    assert set(expected) == set(CAM_FORMULAS)
+    for name, h in expected.items():
+        maps, flags = cam_from_grid(torch.from_numpy(acts), torch.from_numpy(grads), name)
+        flat = h.reshape(len(h), -1)
+        constant = flat.max(1) == flat.min(1)  # e.g. Grad-CAM with no positive evidence: zeros, flagged
+        assert maps.dtype == torch.float32 and np.array_equal(flags.numpy(), constant), name
+        np.testing.assert_allclose(maps.numpy()[~constant], _minmax(h)[~constant], atol=1e-5, err_msg=name)
+        assert not maps.numpy()[constant].any()
+
+
+def test_unknown_formula_is_named_in_the_error(tiny):
+    with pytest.raises(UnknownNameError, match="poscam-centered"):
+        dc.GradientCAM(tiny, cam="poscam-centered")

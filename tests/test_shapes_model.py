@@ -223,3 +223,27 @@ def test_shipped_weights():
     s = sw.generate_scene(424242)
     pred = tr.greedy_generate(m, t, s.image[None], ["how many objects"], m.config.gen_length)
     assert pred[0] == sw.answer(s, "how many objects")
+
+
+def _tiny_config(tok) -> ShapesTinyConfig:
+    return ShapesTinyConfig(vocab_size=tok.vocab_size, tokenizer=tok.to_dict(), d_model=32, vision_dim=32,
+                            stem_channels=(8, 16, 32), stem_blocks=(0, 0, 1), n_layers=2, vision_layers=1,
+                            n_heads=2, vision_heads=2, word_grounding=True)
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path, tok):
+    from safetensors.torch import load_file
+
+    common = dict(steps=3, batch_size=2, pool_size=16, vision_warmup=1, vision_batch_size=2, eval_every=0,
+                  final_eval_per_kind=1, ckpt_every=1, progress=False, threads=1, curriculum="")
+    tr.train(tmp_path / "straight", config=_tiny_config(tok), **common)
+    tr.train(tmp_path / "killed", config=_tiny_config(tok), stop_at=2, **common)  # stops with a checkpoint
+    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["steps"] == 2
+    tr.train(tmp_path / "killed", config=_tiny_config(tok), **common)
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and "ground_gain" in a
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # another setting on the same directory is refused instead of silently mixing two runs
+    with pytest.raises(ValueError, match="other settings"):
+        tr.train(tmp_path / "killed", config=_tiny_config(tok), **{**common, "lr": 1e-4})

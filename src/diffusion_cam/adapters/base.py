@@ -140,6 +140,12 @@ class Adapter(ABC):
         return len(self.blocks()) // 2
 
     @property
+    def default_cam(self) -> str:
+        """Map formula of Diffusion-CAM when none is given: the method spec's ``poscam``;
+        built-in adapters override with a measured choice."""
+        return "poscam"
+
+    @property
     def default_generation(self) -> GenerationConfig:
         return GenerationConfig()
 

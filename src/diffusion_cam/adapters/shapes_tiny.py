@@ -16,8 +16,10 @@ from ..errors import ModelLoadError, PromptError, TargetError
 from .base import Adapter, GenerationConfig, ImageGrid, ModelInputs
 from .registry import ModelEntry, register_model
 
-#: block chosen by ``benchmarks/layer_sweep.py`` on held-out scenes (README, "Choosing the layer")
-DEFAULT_LAYER = 2
+#: block and map formula chosen by ``benchmarks/sweep_shapes.py`` on held-out scenes
+#: (README, "Choosing the layer and the formula"; docs/benchmarks.md)
+DEFAULT_LAYER = 0
+DEFAULT_CAM = "layercam"
 
 
 class ShapesTinyAdapter(Adapter):
@@ -52,6 +54,10 @@ class ShapesTinyAdapter(Adapter):
     @property
     def default_layer(self) -> int:
         return DEFAULT_LAYER if DEFAULT_LAYER < len(self.blocks()) else len(self.blocks()) // 2
+
+    @property
+    def default_cam(self) -> str:
+        return DEFAULT_CAM
 
     @property
     def default_generation(self) -> GenerationConfig:

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 
 from ..adapters.base import STATES
-from ..extract import SCORES
+from ..extract import CAM_FORMULAS, SCORES
 from .options import _kernel, add_model_options
 
 
@@ -40,6 +40,8 @@ def add_parser(sub) -> None:
     g.add_argument("--layer", type=int, nargs="+", default=None, help="hooked block(s) of gradient methods")
     g.add_argument("--state", choices=STATES, default=None, help="forward explained (default: each method's)")
     g.add_argument("--score", choices=SCORES, default=None, help="score of gradient methods (default: logit)")
+    g.add_argument("--cam", choices=CAM_FORMULAS, default=None,
+                   help="Diffusion-CAM map formula (default: the model's; baselines keep their own)")
     g.add_argument("--sicd-mode", default=None, choices=("reference", "causal"), help="Diffusion-CAM SICD variant")
     g.add_argument("--akd-kernel", default=None, type=_kernel, help="Diffusion-CAM AKD kernel")
     g.add_argument("--chunk-size", type=int, default=None, help="tokens per batched backward")
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     specs, rows = method_specs(args.methods, args.ablation)
     config = BenchConfig(
         out=out, specs=specs, ablation_rows=rows,
-        method_options=dict(layer=layer, state=args.state, score=args.score, sicd_mode=args.sicd_mode,
+        method_options=dict(layer=layer, state=args.state, score=args.score, cam=args.cam, sicd_mode=args.sicd_mode,
                             akd_kernel=args.akd_kernel, chunk_size=args.chunk_size, generation=generation),
         faithfulness=not args.no_faithfulness, blur_sigma=args.blur_sigma, batch_size=args.batch_size,
         save_explanations=args.save_explanations, retry_failed=args.retry_failed, progress=not args.no_progress)

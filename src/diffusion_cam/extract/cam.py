@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-CAM_FORMULAS = ("poscam", "gradcam")
+CAM_FORMULAS = ("poscam", "gradcam", "poscam-centred", "layercam", "taylor")
 EPS = 1e-8
 
 
@@ -26,6 +26,23 @@ def cam_from_grid(acts: torch.Tensor, grads: torch.Tensor, formula: str = "posca
     elif formula == "gradcam":
         weights = grads.mean(dim=(1, 2))
         maps = torch.einsum("kd,hwd->khw", weights, acts).clamp(min=0)
+    elif formula == "poscam-centred":
+        # A model whose background tokens carry large positive activations in the
+        # weighted channels gives flat or inverted poscam maps; removing each
+        # channel's mean over the grid keeps only where a channel is *more* active.
+        weights = grads.clamp(min=0).mean(dim=(1, 2))
+        centred = acts - acts.mean(dim=(0, 1), keepdim=True)
+        maps = torch.einsum("kd,hwd->khw", weights, centred.clamp(min=0)) / acts.shape[-1]
+    elif formula == "layercam":
+        # LayerCAM (Jiang et al. 2021): gradients weight each position on their own
+        # instead of being pooled, so the map keeps the gradient's spatial detail.
+        centred = acts - acts.mean(dim=(0, 1), keepdim=True)
+        maps = torch.einsum("khwd,hwd->khw", grads.clamp(min=0), centred.clamp(min=0)) / acts.shape[-1]
+    elif formula == "taylor":
+        # First-order estimate of how much the score drops when a position's
+        # activation is replaced by the grid's mean activation: g . (A - mean A).
+        centred = acts - acts.mean(dim=(0, 1), keepdim=True)
+        maps = torch.einsum("khwd,hwd->khw", grads, centred).clamp(min=0)
     else:
         raise ValueError(f"unknown CAM formula {formula!r}; choose one of {', '.join(CAM_FORMULAS)}")
     return normalize(maps, finite)

@@ -26,11 +26,12 @@ class GradientCAM(ExplanationMethod):
     name = "gradient-cam"
 
     def __init__(self, adapter, *, layer: int | Sequence[int] | None = None, state: str = "trajectory",
-                 score: str = "logit", cam: str = "poscam", chunk_size: int | str = 16,
+                 score: str = "logit", cam: str | None = None, chunk_size: int | str = 16,
                  distractor: int | str | None = None, **kwargs: Any) -> None:
         super().__init__(adapter, **kwargs)
         if score not in SCORES:
             raise UnknownNameError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+        cam = cam or adapter.default_cam
         if cam not in CAM_FORMULAS:
             raise UnknownNameError(f"unknown CAM formula {cam!r}; choose one of {', '.join(CAM_FORMULAS)}")
         adapter.check_state(state)

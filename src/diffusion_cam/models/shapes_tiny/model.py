@@ -28,6 +28,7 @@ __all__ = ["ShapesTinyConfig", "ShapesTinyModel", "Block", "load_pretrained", "s
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+GROUND_GAIN_INIT = 20.0
 
 
 @dataclass
@@ -67,6 +68,12 @@ class ShapesTinyConfig:
     # colour early on (decodable from the vision features, not from the image
     # tokens) and colour questions stay at chance.
     projector_aux: bool = True
+    # Add to each image token the language model's own embeddings of the colour
+    # and shape words, weighted by the patch's class probabilities. A question
+    # word ("circle") and the patches it names then share a vector, so the
+    # answer can find its object by attention; without it the model saw which
+    # colours were present but bound a question to its object only at chance.
+    word_grounding: bool = False
     pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     tokenizer: dict[str, Any] = field(default_factory=dict)
@@ -161,6 +168,9 @@ class ShapesTinyModel(nn.Module):
         proj_in = c.vision_dim + (sum(c.aux_classes) if c.semantic_inputs else 0)
         self.projector = nn.Sequential(nn.Linear(proj_in, c.d_model), nn.GELU(), nn.Linear(c.d_model, c.d_model))
         self.proj_aux_head = nn.Linear(c.d_model, sum(c.aux_classes)) if c.projector_aux else None
+        # Image tokens are ~50x the norm of word embeddings; the grounding words
+        # enter at unit norm times a learned gain so they are not lost in them.
+        self.ground_gain = nn.Parameter(torch.tensor(GROUND_GAIN_INIT)) if c.word_grounding else None
 
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.pos = nn.Parameter(torch.zeros(1, c.max_seq_len, c.d_model))
@@ -174,6 +184,11 @@ class ShapesTinyModel(nn.Module):
         self.pad_token_id = tok.pad_id
         self.mask_token_id = tok.mask_id
         self.sep_token_id = tok.sep_id
+        from ...datasets.shapes import COLOURS, SHAPES
+
+        # aux classes are (background, then the contract's order): rows 1.. of the heads
+        self.register_buffer("colour_word_ids", torch.tensor([tok.token_to_id[w] for w in COLOURS]), persistent=False)
+        self.register_buffer("shape_word_ids", torch.tensor([tok.token_to_id[w] for w in SHAPES]), persistent=False)
         self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(1, 3, 1, 1), persistent=False)
         self._init_weights()
@@ -268,9 +283,15 @@ class ShapesTinyModel(nn.Module):
     def project(self, vision_features: torch.Tensor) -> torch.Tensor:
         """Vision-encoder output -> language-model image tokens ``(B, n_img, d_model)``."""
         x = vision_features
+        probs = [a.softmax(-1) for a in self.aux_logits(vision_features)]
         if self.config.semantic_inputs:
-            x = torch.cat([x] + [a.softmax(-1) for a in self.aux_logits(vision_features)], dim=-1)
-        return self.projector(x)
+            x = torch.cat([x] + probs, dim=-1)
+        tokens = self.projector(x)
+        if self.config.word_grounding:
+            words = F.normalize(self.embed.weight, dim=-1)
+            grounding = probs[0][..., 1:] @ words[self.colour_word_ids] + probs[1][..., 1:] @ words[self.shape_word_ids]
+            tokens = tokens + self.ground_gain * grounding
+        return tokens
 
     def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.project(self.encode_vision(pixel_values))

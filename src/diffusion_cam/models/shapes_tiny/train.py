@@ -108,6 +108,8 @@ def patch_targets(labels: np.ndarray, grid: int = 12) -> np.ndarray:
 
 
 PROMPT_KINDS = ("describe", "color", "shape", "count")
+LOSS_WEIGHTINGS = ("inv_t", "masked_mean", "token_mean")
+EOS_PADDING_WEIGHT = 0.1
 
 
 def _canvas(tok: ShapesTokenizer, words: list[str], gen_length: int) -> list[int]:
@@ -316,7 +318,7 @@ def train(
     aux_weight_final: float = 0.2,
     vision_warmup: int = 200,
     vision_batch_size: int = 64,
-    loss_weighting: str = "masked_mean",
+    loss_weighting: str = "token_mean",
     curriculum: str = "250:1,600:2",
     focus_start: int = 800,
     focus_steps: int = 120,
@@ -344,7 +346,7 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = ShapesTokenizer()
-    cfg = config or ShapesTinyConfig()
+    cfg = config or ShapesTinyConfig(word_grounding=True)
     cfg.vocab_size = tok.vocab_size
     cfg.tokenizer = tok.to_dict()
     model = ShapesTinyModel(cfg)
@@ -357,18 +359,18 @@ def train(
                    vision_warmup=vision_warmup, vision_batch_size=vision_batch_size, loss_weighting=loss_weighting,
                    curriculum=curriculum, focus_start=focus_start, focus_steps=focus_steps,
                    focus_batch_size=focus_batch_size, init_from=str(init_from) if init_from else None)
-    if loss_weighting not in ("inv_t", "masked_mean"):
-        raise ValueError("loss_weighting must be 'inv_t' or 'masked_mean'")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}")
     if init_from:
-        # Weights from a run without the projector heads start them fresh.
+        # Weights from a run without the projector heads or the grounding gain start them fresh.
         missing, unexpected = model.load_state_dict(_load_state(init_from), strict=False)
-        if unexpected or any(not k.startswith("proj_aux_head.") for k in missing):
+        if unexpected or any(not k.startswith(("proj_aux_head.", "ground_gain")) for k in missing):
             raise ValueError(f"{init_from} does not fit this configuration (missing {missing}, unexpected {unexpected})")
 
     step0, elapsed0 = 0, 0.0
     ck = out / _CKPT
     if (ck / "train_state.pt").is_file():
-        state = torch.load(ck / "train_state.pt", weights_only=False)
+        state = torch.load(ck / "train_state.pt", weights_only=True)
         # Settings introduced after a checkpoint was written (absent from it)
         # must leave the steps it already took unchanged; all others must match.
         if any(state["hparams"].get(k, v) != v for k, v in hparams.items()) or set(state["hparams"]) - set(hparams):
@@ -455,8 +457,17 @@ def train(
         ce = ce.view(n_seq, gen)
         if loss_weighting == "inv_t":
             loss_diff = ((ce * m).sum(1) / t / gen).mean()
-        else:
+        elif loss_weighting == "masked_mean":
             loss_diff = ((ce * m).sum(1) / m.sum(1)).mean()
+        else:
+            # Per masked token over the batch, the <eos> padding after the first
+            # <eos> down-weighted: averaged per sequence, a one-word answer's
+            # word drowns among eleven trivial <eos> slots and the question
+            # prompts barely trained (their answers stayed at chance).
+            is_eos = canvas_clean == tok.eos_id
+            padding = is_eos & (is_eos.cumsum(1) > 1)
+            w = m * torch.where(padding, EOS_PADDING_WEIGHT, 1.0)
+            loss_diff = (ce * w).sum() / w.sum()
 
         aux_t = aux_targets(pool, idx, flip, grid)
         aux_w = aux_weight_final + (aux_weight - aux_weight_final) * 0.5 * (1 + math.cos(math.pi * s2 / steps))
@@ -554,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--aux-weight-final", type=float, default=0.2)
     p.add_argument("--vision-warmup", type=int, default=200, help="vision-encoder-only steps on the patch task first")
     p.add_argument("--vision-batch-size", type=int, default=64)
-    p.add_argument("--loss-weighting", choices=("inv_t", "masked_mean"), default="masked_mean")
+    p.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="token_mean")
     p.add_argument("--curriculum", default="250:1,600:2",
                    help="UNTIL:MAX_OBJECTS,... - language-model steps before UNTIL see scenes with at most MAX_OBJECTS")
     p.add_argument("--focus-start", type=int, default=800, help="language-model step where the focus phase starts")
@@ -571,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     p.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) after this total step")
     p.add_argument("--no-projector-aux", action="store_true", help="no auxiliary heads on the projector output")
+    p.add_argument("--no-word-grounding", action="store_true",
+                   help="no colour/shape word embeddings added to the image tokens (the first shipped design)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = ShapesTinyConfig()
@@ -582,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg.vision_layers = a.vision_layers
     if a.no_projector_aux:
         cfg.projector_aux = False
+    cfg.word_grounding = not a.no_word_grounding
     return train(a.out, steps=a.steps, batch_size=a.batch_size, seed=a.seed, threads=a.threads, lr=a.lr,
                  warmup=a.warmup, pool_size=a.pool_size, mix=a.mix, aux_weight=a.aux_weight,
                  aux_weight_final=a.aux_weight_final, vision_warmup=a.vision_warmup,
