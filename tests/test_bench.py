@@ -173,3 +173,16 @@ def test_torchrun_two_processes_shard_items_and_merge_into_the_single_process_ta
     (out / "table.json").unlink()
     assert main(["bench", "--merge", "--out", str(out)]) == 0
     assert _main_rows(out) == _main_rows(reference)
+
+
+def test_cam_option_reaches_diffusion_cam_and_spares_the_baselines(tmp_path):
+    out = tmp_path / "cam"
+    args = ["bench", "--model", "tiny-random", "--items", "2", "--methods", "diffusion-cam", "gradcam",
+            "--cam", "layercam", "--no-faithfulness", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    assert json.loads((out / "bench.json").read_text())["method_options"]["cam"] == "layercam"
+    records = read_records(out)
+    assert {r["method"] for r in records} == {"diffusion-cam", "gradcam"}
+    # Grad-CAM keeps its own formula instead of failing on the shared option
+    assert not [r for r in records if r["status"] == "failed"]
+    assert any(r["status"] == "ok" for r in records)

@@ -262,3 +262,12 @@ def test_map_formulas_match_their_definitions():
 def test_unknown_formula_is_named_in_the_error(tiny):
     with pytest.raises(UnknownNameError, match="poscam-centered"):
         dc.GradientCAM(tiny, cam="poscam-centered")
+
+
+def test_formula_defaults_to_the_adapters_choice(tiny, monkeypatch):
+    assert tiny.default_cam == "poscam"  # the method spec's, for models without a measured choice
+    assert dc.DiffusionCAM(tiny).cam == "poscam"
+    monkeypatch.setattr(type(tiny), "default_cam", property(lambda self: "layercam"))
+    assert dc.DiffusionCAM(tiny).cam == "layercam"
+    assert dc.DiffusionCAM(tiny, cam="taylor").cam == "taylor"
+    assert dc.get_method("gradcam", tiny).cam == "gradcam"  # baselines keep their own formula
