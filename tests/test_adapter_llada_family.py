@@ -485,3 +485,15 @@ def test_bfloat16_weights_keep_float32_maps():
     adapter.to(dtype="bfloat16")
     exp = dc.GradientCAM(adapter, layer=1).explain(image(32, 32), "what is this", gen_length=4)
     assert exp.maps.dtype == np.float32 and np.isfinite(exp.maps).all()
+
+
+def test_sequence_longer_than_the_models_context_is_a_clear_error():
+    model = IdsModel()
+    model.config = Out(max_position_embeddings=1040)  # MMaDA's 1024 codes + framing fit, a long answer does not
+    adapter = ConfigAdapter(spec_of("mmada"), {"model": model, "tokenizer": WordTokenizer(), "vq_fn": fake_vq((32, 32))})
+    assert adapter.context_length == 1040
+    with pytest.raises(PromptError, match=r"above mmada's context of 1040.*--gen-length"):
+        adapter.prepare([image(64, 64)], "what is this", 64)
+    model.config = Out(text_config=Out(max_position_embeddings=4096))
+    assert adapter.context_length == 4096
+    assert adapter.prepare([image(64, 64)], "what is this", 64).input_ids.shape[0] < 4096

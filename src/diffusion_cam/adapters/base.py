@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InfeasibleStateError, LayerError
+from ..errors import InfeasibleStateError, LayerError, PromptError
 
 STATES = ("trajectory", "final")
 
@@ -138,6 +138,25 @@ class Adapter(ABC):
     def default_layer(self) -> int:
         """A middle block; built-in adapters override with a measured choice."""
         return len(self.blocks()) // 2
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's maximum sequence length from its config (None when it declares none)."""
+        config = getattr(self.model, "config", None)
+        for part in (config, getattr(config, "text_config", None), getattr(config, "llm_config", None)):
+            for name in ("max_position_embeddings", "max_sequence_length", "n_positions", "max_seq_len"):
+                value = getattr(part, name, None)
+                if isinstance(value, int) and value > 0:
+                    return value
+        return None
+
+    def check_context(self, n_tokens: int, image_tokens: int, gen_length: int) -> None:
+        """Refuse a sequence the model cannot position, before any forward fails obscurely on it."""
+        limit = self.context_length
+        if limit is not None and n_tokens > limit:
+            raise PromptError(
+                f"prompt, image tokens ({image_tokens}) and the {gen_length}-token answer make {n_tokens} tokens, "
+                f"above {self.family}'s context of {limit}; shorten the prompt or --gen-length, or use a smaller image")
 
     @property
     def default_cam(self) -> str:

@@ -79,12 +79,7 @@ class ShapesTinyAdapter(Adapter):
             ids, answer_start = self.tokenizer.build_input_ids(text, gen_length)
         except ValueError as err:
             raise PromptError(f"prompt {prompt!r}: {err}") from None
-        limit = self._model.config.max_seq_len
-        if len(ids) > limit:
-            raise PromptError(
-                f"prompt of {len(text.split())} words plus {self.tokenizer.n_image_tokens} image tokens and a "
-                f"{gen_length}-token answer is {len(ids)} tokens, above the model's context of {limit}"
-            )
+        self.check_context(len(ids), self.tokenizer.n_image_tokens, gen_length)
         size = self._model.config.image_size
         image = images[0]
         if image.shape[:2] != (size, size):
