@@ -44,7 +44,7 @@ def test_loads_by_name_with_measured_defaults(model):
 
 def test_answers_on_fixed_scenes(model, scenes):
     # every prompt of the shipped examples; the one miss is a colour question in a
-    # three-object scene, the prompt type below its gate (TRAINING.md, "Accuracy")
+    # multi-object scene, the prompt type below its gate (TRAINING.md, "Accuracy")
     method = dc.DiffusionCAM(model)
     wrong = set()
     asked = 0
