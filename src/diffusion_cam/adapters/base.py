@@ -150,13 +150,13 @@ class Adapter(ABC):
                     return value
         return None
 
-    def check_context(self, n_tokens: int, image_tokens: int, gen_length: int) -> None:
+    def check_context(self, n_tokens: int, image_tokens: int) -> None:
         """Refuse a sequence the model cannot position, before any forward fails obscurely on it."""
         limit = self.context_length
         if limit is not None and n_tokens > limit:
             raise PromptError(
-                f"prompt, image tokens ({image_tokens}) and the {gen_length}-token answer make {n_tokens} tokens, "
-                f"above {self.family}'s context of {limit}; shorten the prompt or --gen-length, or use a smaller image")
+                f"the input of {n_tokens} tokens ({image_tokens} of them image tokens) is above {self.family}'s "
+                f"context of {limit}; shorten the prompt or --gen-length, or use a smaller image")
 
     @property
     def default_cam(self) -> str:

@@ -314,7 +314,7 @@ class ConfigAdapter(Adapter):
         ids = ids + [int(t) for t in self.spec.prompt.get("answer_prefix", [])]
         answer_start = len(ids)
         seq = ids + [self.mask_token_id] * int(gen_length) + [int(t) for t in self.spec.prompt.get("answer_suffix", [])]
-        self.check_context(len(seq), sum(len(g.positions) for g in grids), gen_length)
+        self.check_context(len(seq), sum(len(g.positions) for g in grids))
         extras["grids"] = grids
         return ModelInputs(torch.tensor(seq, dtype=torch.long), answer_start, int(gen_length), list(images), prompt, extras)
 

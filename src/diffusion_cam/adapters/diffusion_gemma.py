@@ -201,7 +201,7 @@ class DiffusionGemmaAdapter(Adapter):
             grids.append(ImageGrid(tuple(range(start, start + length)), (h, w), (0.0, 0.0, float(width), float(height)),
                                    image_index=i, name=f"image{i}"))
         # the encoder positions prompt and image; the answer canvases are the decoder's own
-        self.check_context(len(ids), sum(counts), gen_length)
+        self.check_context(len(ids), sum(counts))
         n_canvases = max(1, math.ceil(int(gen_length) / self.canvas_length))
         length = n_canvases * self.canvas_length
         answer_start = len(ids)

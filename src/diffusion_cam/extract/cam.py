@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 CAM_FORMULAS = ("poscam", "gradcam", "poscam-centred", "layercam", "taylor")
+CENTRED_FORMULAS = ("poscam-centred", "layercam", "taylor")  # on activations centred over the grid
 EPS = 1e-8
 
 
@@ -20,31 +21,26 @@ def cam_from_grid(acts: torch.Tensor, grads: torch.Tensor, formula: str = "posca
     grads = grads.float()
     finite = torch.isfinite(grads).flatten(1).all(1)
     grads = torch.nan_to_num(grads, nan=0.0, posinf=0.0, neginf=0.0)
-    if formula == "poscam":
-        weights = grads.clamp(min=0).mean(dim=(1, 2))  # (K, D)
-        maps = torch.einsum("kd,hwd->khw", weights, acts.clamp(min=0)) / acts.shape[-1]
-    elif formula == "gradcam":
-        weights = grads.mean(dim=(1, 2))
-        maps = torch.einsum("kd,hwd->khw", weights, acts).clamp(min=0)
-    elif formula == "poscam-centred":
+    if formula not in CAM_FORMULAS:
+        raise ValueError(f"unknown CAM formula {formula!r}; choose one of {', '.join(CAM_FORMULAS)}")
+    if formula in CENTRED_FORMULAS:
         # A model whose background tokens carry large positive activations in the
         # weighted channels gives flat or inverted poscam maps; removing each
-        # channel's mean over the grid keeps only where a channel is *more* active.
-        weights = grads.clamp(min=0).mean(dim=(1, 2))
-        centred = acts - acts.mean(dim=(0, 1), keepdim=True)
-        maps = torch.einsum("kd,hwd->khw", weights, centred.clamp(min=0)) / acts.shape[-1]
+        # channel's mean over the grid keeps only where it is *more* active.
+        acts = acts - acts.mean(dim=(0, 1), keepdim=True)
+    if formula == "gradcam":
+        maps = torch.einsum("kd,hwd->khw", grads.mean(dim=(1, 2)), acts).clamp(min=0)
+    elif formula in ("poscam", "poscam-centred"):
+        weights = grads.clamp(min=0).mean(dim=(1, 2))  # (K, D)
+        maps = torch.einsum("kd,hwd->khw", weights, acts.clamp(min=0)) / acts.shape[-1]
     elif formula == "layercam":
         # LayerCAM (Jiang et al. 2021): gradients weight each position on their own
         # instead of being pooled, so the map keeps the gradient's spatial detail.
-        centred = acts - acts.mean(dim=(0, 1), keepdim=True)
-        maps = torch.einsum("khwd,hwd->khw", grads.clamp(min=0), centred.clamp(min=0)) / acts.shape[-1]
-    elif formula == "taylor":
+        maps = torch.einsum("khwd,hwd->khw", grads.clamp(min=0), acts.clamp(min=0)) / acts.shape[-1]
+    else:  # taylor
         # First-order estimate of how much the score drops when a position's
         # activation is replaced by the grid's mean activation: g . (A - mean A).
-        centred = acts - acts.mean(dim=(0, 1), keepdim=True)
-        maps = torch.einsum("khwd,hwd->khw", grads, centred).clamp(min=0)
-    else:
-        raise ValueError(f"unknown CAM formula {formula!r}; choose one of {', '.join(CAM_FORMULAS)}")
+        maps = torch.einsum("khwd,hwd->khw", grads, acts).clamp(min=0)
     return normalize(maps, finite)
 
 
