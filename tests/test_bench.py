@@ -162,7 +162,8 @@ def test_torchrun_two_processes_shard_items_and_merge_into_the_single_process_ta
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "diffusion_cam.cli",
            *ARGS, "--out", str(out)]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == 0, (errors, res.stderr[-2000:])
     shards = sorted(p.name for p in (out / "results").iterdir())
     assert shards == ["rank-0-of-2.jsonl", "rank-1-of-2.jsonl"]
     ranks = [{r["index"] % 2 for r in read_shard(out / "results" / s)} for s in shards]
@@ -186,3 +187,16 @@ def test_cam_option_reaches_diffusion_cam_and_spares_the_baselines(tmp_path):
     # Grad-CAM keeps its own formula instead of failing on the shared option
     assert not [r for r in records if r["status"] == "failed"]
     assert any(r["status"] == "ok" for r in records)
+
+
+def test_processes_probing_one_output_directory_at_once_do_not_trip_each_other(tmp_path):
+    # every rank of a data-parallel run checks that --out is writable at the same moment
+    from concurrent.futures import ThreadPoolExecutor
+
+    from diffusion_cam.cli.explain import prepare_output
+
+    out = tmp_path / "shared"
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: prepare_output(str(out)), range(400)))
+    assert results == [out] * 400
+    assert list(out.iterdir()) == []  # no probe left behind

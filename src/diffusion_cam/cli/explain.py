@@ -36,12 +36,14 @@ def prepare_output(path: str) -> Path:
     """Create the output directory now, so an unwritable path fails before the model runs."""
     from ..errors import OutputError
 
+    import tempfile
+
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a uniquely named probe: the processes of a data-parallel run probe the same directory at once
+        with tempfile.TemporaryFile(dir=out):
+            pass
     except OSError as err:
         raise OutputError(f"cannot write to output directory {out}: {err.strerror or err}") from None
     return out
