@@ -98,3 +98,12 @@ def test_corrupt_or_truncated_weights_are_refused(tmp_path):
 def test_missing_weights_dir_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         dc.load_model("shapes-tiny", weights_dir=tmp_path / "nowhere")
+
+
+def test_prompt_past_the_context_names_the_limit_without_an_image_size_hint(model, scenes):
+    # the built-in model always has 144 image tokens: a smaller image would not help
+    from diffusion_cam.errors import PromptError
+
+    with pytest.raises(PromptError, match=r"144 of them image tokens.*context of \d+; shorten the prompt") as err:
+        dc.DiffusionCAM(model).explain(scenes[0].image, " ".join(["the"] * 400))
+    assert "smaller image" not in str(err.value)

@@ -150,13 +150,17 @@ class Adapter(ABC):
                     return value
         return None
 
-    def check_context(self, n_tokens: int, image_tokens: int) -> None:
-        """Refuse a sequence the model cannot position, before any forward fails obscurely on it."""
+    def check_context(self, n_tokens: int, image_tokens: int, image_tokens_vary: bool = True) -> None:
+        """Refuse a sequence the model cannot position, before any forward fails obscurely on it.
+
+        ``image_tokens_vary``: whether a smaller image means fewer image tokens (not for fixed-grid models).
+        """
         limit = self.context_length
         if limit is not None and n_tokens > limit:
+            hint = "shorten the prompt or --gen-length" + (", or use a smaller image" if image_tokens_vary else "")
             raise PromptError(
                 f"the input of {n_tokens} tokens ({image_tokens} of them image tokens) is above {self.family}'s "
-                f"context of {limit}; shorten the prompt or --gen-length, or use a smaller image")
+                f"context of {limit}; {hint}")
 
     @property
     def default_cam(self) -> str:

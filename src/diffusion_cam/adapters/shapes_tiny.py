@@ -79,7 +79,7 @@ class ShapesTinyAdapter(Adapter):
             ids, answer_start = self.tokenizer.build_input_ids(text, gen_length)
         except ValueError as err:
             raise PromptError(f"prompt {prompt!r}: {err}") from None
-        self.check_context(len(ids), self.tokenizer.n_image_tokens)
+        self.check_context(len(ids), self.tokenizer.n_image_tokens, image_tokens_vary=False)
         size = self._model.config.image_size
         image = images[0]
         if image.shape[:2] != (size, size):

@@ -139,18 +139,24 @@ def build_sequences(
         order = list(range(n))[::-1] if fl else list(range(n))
         cols = [sw.COLOURS[pool.colour[i, k]] for k in order]
         shps = [sw.SHAPES[pool.shape[i, k]] for k in order]
+        # The questions of one image ask about different objects in turn (a random order): the same
+        # image then asks for contrasting answers, which is what teaches the model to find the
+        # object a question names rather than name any colour of the scene.
+        asked = {"color": rng.permutation(n), "shape": rng.permutation(n)}
+        turn = {"color": 0, "shape": 0}
         for kind in kinds:
             if kind == "describe":
                 prompt = sw.PROMPT_DESCRIBE
                 words = " and ".join(f"a {c} {s}" for c, s in zip(cols, shps)).split()
             elif kind == "count":
                 prompt, words = sw.PROMPT_COUNT, [sw.COUNT_WORDS[n - 1]]
-            elif kind == "color":
-                j = int(rng.integers(n))
-                prompt, words = sw.colour_question(shps[j]), [cols[j]]
             else:
-                j = int(rng.integers(n))
-                prompt, words = sw.shape_question(cols[j]), [shps[j]]
+                j = int(asked[kind][turn[kind] % n])
+                turn[kind] += 1
+                if kind == "color":
+                    prompt, words = sw.colour_question(shps[j]), [cols[j]]
+                else:
+                    prompt, words = sw.shape_question(cols[j]), [shps[j]]
             prefix = tok.build_prefix(prompt)
             rows.append(prefix + _canvas(tok, words, gen_length))
             starts.append(len(prefix))
