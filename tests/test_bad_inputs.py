@@ -518,7 +518,7 @@ def test_pickle_checkpoints_need_an_explicit_flag(tmp_path, monkeypatch):
     pickled_dir = tmp_path / "ckpt"
     pickled_dir.mkdir()
     torch.save(state, pickled_dir / "pytorch_model.bin")
-    with pytest.raises(errors.ModelLoadError, match="only pickle weights"):
+    with pytest.raises(errors.ModelLoadError, match="pickle weights only"):
         weight_files(pickled_dir)
     assert weight_files(pickled_dir, allow_pickle=True) == [pickled_dir / "pytorch_model.bin"]
     _save_small_safetensors(pickled_dir / "model.safetensors")

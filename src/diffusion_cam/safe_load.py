@@ -207,10 +207,10 @@ def weight_files(directory: str | os.PathLike, *, allow_pickle: bool = False) ->
     if pickled:
         if not allow_pickle:
             raise ModelLoadError(
-                f"checkpoint {d} has only pickle weights ({', '.join(p.name for p in pickled)}): {_PICKLE_HINT}"
+                f"checkpoint {d} holds pickle weights only ({', '.join(p.name for p in pickled[:3])}): {_PICKLE_HINT}"
             )
         return pickled
-    raise ModelLoadError(f"no weights (.safetensors) found in {d}")
+    raise ModelLoadError(f"checkpoint {d} has no weight files (*.safetensors)")
 
 
 __all__ = ["PICKLE_SUFFIXES", "SAFE_SUFFIXES", "load_weights", "safetensors_expected_size", "sha256_file",

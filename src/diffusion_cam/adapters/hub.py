@@ -12,9 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import ModelLoadError
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-SAFE_SUFFIXES = (".safetensors",)
+from ..safe_load import PICKLE_SUFFIXES, weight_files
 _FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py", "*.yaml"]
 
 
@@ -35,21 +33,6 @@ def _offline() -> bool:
 def looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
-
-
-def check_weights(folder: Path, allow_pickle: bool, name: str) -> None:
-    """Refuse a checkpoint folder without weights, or with pickle weights only unless allowed."""
-    files = [p for p in folder.iterdir() if p.is_file()]
-    if any(p.suffix in SAFE_SUFFIXES for p in files):
-        return
-    pickles = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
-    if pickles and not allow_pickle:
-        raise ModelLoadError(
-            f"checkpoint {name!r} holds pickle weights only ({', '.join(pickles[:3])}); unpickling can run "
-            "arbitrary code, so it is refused: pass allow_pickle=True (CLI: --allow-pickle) if you trust the files"
-        )
-    if not pickles:
-        raise ModelLoadError(f"checkpoint {name!r} ({folder}) has no weight files (*.safetensors)")
 
 
 def resolve_checkpoint(name: str, *, allow_pickle: bool = False) -> str:
@@ -77,5 +60,5 @@ def resolve_checkpoint(name: str, *, allow_pickle: bool = False) -> str:
         raise ModelLoadError(f"model {name!r} is neither a local folder nor a hub id (owner/name)")
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"checkpoint {name!r} ({folder}) has no config.json")
-    check_weights(folder, allow_pickle, name)
+    weight_files(folder, allow_pickle=allow_pickle)  # refuses no weights, or pickle only unless allowed
     return str(folder)
