@@ -1,5 +1,6 @@
 """``diffusion-cam bench``: datasets, per-item records, failures, resume after SIGKILL, data-parallel merge."""
 
+import copy
 import json
 import os
 import signal
@@ -120,6 +121,11 @@ def test_resuming_with_other_settings_is_refused(tmp_path, tiny):
     run_bench(tiny, ds, BenchConfig(tmp_path, method_specs(["center"])[0], faithfulness=False, progress=False), 0, 1)
     with pytest.raises(OutputError, match="different configuration \\(main, methods differ"):
         run_bench(tiny, ds, BenchConfig(tmp_path, method_specs(["tam"])[0], faithfulness=False, progress=False), 0, 1)
+    # the same model name with other weights (e.g. retrained) is another run, not a resume
+    other = copy.copy(tiny)
+    other.weights_id = "0" * 64
+    with pytest.raises(OutputError, match="different configuration \\(model differ"):
+        run_bench(other, ds, BenchConfig(tmp_path, method_specs(["center"])[0], faithfulness=False, progress=False), 0, 1)
 
 
 def test_a_torn_last_line_is_ignored_and_cut_before_appending(tmp_path):

@@ -247,3 +247,54 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, tok):
     # another setting on the same directory is refused instead of silently mixing two runs
     with pytest.raises(ValueError, match="other settings"):
         tr.train(tmp_path / "killed", config=_tiny_config(tok), **{**common, "lr": 1e-4})
+
+
+def test_questions_of_one_image_ask_about_different_objects(tok):
+    pool = tr.ScenePool.generate(3, 64)
+    idx = np.flatnonzero(pool.n_obj == 3)[:6]
+    ids, starts, rows, _ = tr.build_sequences(tok, pool, idx, np.zeros(len(idx), bool), ["color"] * 3 + ["shape"] * 3,
+                                              np.random.default_rng(0), GEN)
+    prompts = [tok.decode(ids[s, 145 : starts[s] - 1]) for s in range(ids.shape[0])]
+    for r in range(len(idx)):
+        mine = [p for p, row in zip(prompts, rows.tolist()) if row == r]
+        assert len(set(mine[:3])) == 3 and len(set(mine[3:])) == 3  # three objects, three distinct questions
+
+
+def test_text_grounding_gives_a_question_word_its_patches_vector(tok):
+    with pytest.raises(ValueError, match="needs word_grounding"):
+        ShapesTinyModel(ShapesTinyConfig(vocab_size=tok.vocab_size, tokenizer=tok.to_dict(), text_grounding=True,
+                                         word_grounding=False))
+    torch.manual_seed(0)
+    plain = ShapesTinyModel(_tiny_config(tok)).eval()
+    grounded = ShapesTinyModel(ShapesTinyConfig(**{**_tiny_config(tok).to_dict(), "text_grounding": True})).eval()
+    grounded.load_state_dict(plain.state_dict())
+    ids, _ = tok.build_input_ids("what color is the circle", GEN)
+    ids = ids.unsqueeze(0)
+    img = torch.zeros(1, plain.config.n_image_tokens, plain.config.d_model)
+    with torch.no_grad():
+        diff = grounded.embed_inputs(ids, img) - plain.embed_inputs(ids, img)
+    word = ids[0] == tok.token_to_id["circle"]
+    unit = torch.nn.functional.normalize(plain.embed.weight[tok.token_to_id["circle"]], dim=0)
+    torch.testing.assert_close(diff[0, word][0], plain.ground_gain.detach() * unit)
+    assert diff[0, ~word].abs().max() == 0  # every other token, image tokens included, is unchanged
+
+
+def test_focus_shapes_draws_scenes_that_hold_them(tmp_path, tok, monkeypatch):
+    seen = []
+    real = tr.build_sequences
+
+    def spy(tok_, pool, idx, flip, kinds, rng, gen):
+        seen.append(([{sw.SHAPES[k] for k in pool.shape[i] if k >= 0} for i in idx], list(kinds)))
+        return real(tok_, pool, idx, flip, kinds, rng, gen)
+
+    monkeypatch.setattr(tr, "build_sequences", spy)
+    common = dict(steps=2, batch_size=2, pool_size=64, vision_warmup=0, eval_every=0, final_eval_per_kind=1,
+                  ckpt_every=1, progress=False, threads=1, curriculum="", focus_start=0, focus_steps=2,
+                  focus_batch_size=2, focus_shapes="circle,cross")
+    tr.train(tmp_path / "focus", config=_tiny_config(tok), **common)
+    state = torch.load(tmp_path / "focus" / "checkpoint" / "train_state.pt", weights_only=True)
+    assert state["hparams"]["focus_shapes"] == "circle,cross"
+    assert len(seen) == 2
+    for shapes_of_scenes, kinds in seen:
+        assert kinds == ["color"] * 3
+        assert all({"circle", "cross"} <= held for held in shapes_of_scenes)

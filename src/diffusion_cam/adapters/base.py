@@ -104,6 +104,9 @@ class Adapter(ABC):
     family: str = "unknown"
     #: identifier of the loaded checkpoint (name or path)
     name: str = "unknown"
+    #: fingerprint of the loaded weights where one is known (e.g. a recorded sha256), else None;
+    #: a resumed bench refuses a run made with other weights under the same name
+    weights_id: str | None = None
     #: which states this family supports and, if not, why
     state_support: Mapping[str, str | None] = {"trajectory": None, "final": None}
     #: whether the adapter was checked against real released weights

@@ -34,6 +34,7 @@ class ShapesTinyAdapter(Adapter):
         self._model = model.eval()
         self.tokenizer = tokenizer_for(model)
         self.name = name
+        self.weights_id = getattr(model, "weights_sha256", None)
 
     # ------------------------------------------------------------------ model
     @property

@@ -104,7 +104,7 @@ class BenchConfig:
         """What a resumed run must share with the original (timings and output options excluded)."""
         return clean({
             "format": FORMAT,
-            "model": {"name": adapter.name, "family": adapter.family},
+            "model": {"name": adapter.name, "family": adapter.family, "weights": adapter.weights_id},
             "dataset": dataset.describe(),
             "methods": [s.to_dict() for s in self.specs],
             "main": self.main_labels(),

@@ -74,6 +74,12 @@ class ShapesTinyConfig:
     # answer can find its object by attention; without it the model saw which
     # colours were present but bound a question to its object only at chance.
     word_grounding: bool = False
+    # The other half of that pairing: a colour or shape word in the text gets
+    # the same vector (its unit-norm embedding times the same gain) added to
+    # its embedding. Without it a prompt word (norm < 1) sits in a residual
+    # stream that the first block fills with image content (norm ~60), and two
+    # question words ("circle", "cross") ended up indistinguishable there.
+    text_grounding: bool = False
     pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     tokenizer: dict[str, Any] = field(default_factory=dict)
@@ -170,6 +176,8 @@ class ShapesTinyModel(nn.Module):
         self.proj_aux_head = nn.Linear(c.d_model, sum(c.aux_classes)) if c.projector_aux else None
         # Image tokens are ~50x the norm of word embeddings; the grounding words
         # enter at unit norm times a learned gain so they are not lost in them.
+        if c.text_grounding and not c.word_grounding:
+            raise ValueError("text_grounding adds the image side's grounding vectors to the text: it needs word_grounding")
         self.ground_gain = nn.Parameter(torch.tensor(GROUND_GAIN_INIT)) if c.word_grounding else None
 
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
@@ -249,6 +257,10 @@ class ShapesTinyModel(nn.Module):
         if not bool((counts == n_img).all()):
             raise ValueError(f"every sequence needs exactly {n_img} <image> tokens, got {counts.tolist()}")
         x = self.embed(input_ids)
+        if self.config.text_grounding:
+            words = F.normalize(self.embed.weight, dim=-1)
+            grounded = torch.isin(input_ids, torch.cat([self.colour_word_ids, self.shape_word_ids]))
+            x = x + self.ground_gain * words[input_ids] * grounded.unsqueeze(-1).to(x.dtype)
         x = x.masked_scatter(is_img.unsqueeze(-1), image_embeds.to(x.dtype).reshape(-1, x.shape[-1]))
         x = x + self.pos[:, :length]
         if self.answer_pos is not None:
@@ -354,6 +366,7 @@ def load_pretrained(weights_dir: str | Path, map_location: str | torch.device = 
     model = ShapesTinyModel(cfg)
     model.load_state_dict(state)
     model.eval()
+    model.weights_sha256 = want  # lets results name the exact weights they came from
     return model
 
 

@@ -329,6 +329,7 @@ def train(
     focus_start: int = 800,
     focus_steps: int = 120,
     focus_batch_size: int = 48,
+    focus_shapes: str = "",
     init_from: str | Path | None = None,
     ckpt_every: int = 200,
     eval_every: int = 250,
@@ -365,6 +366,8 @@ def train(
                    vision_warmup=vision_warmup, vision_batch_size=vision_batch_size, loss_weighting=loss_weighting,
                    curriculum=curriculum, focus_start=focus_start, focus_steps=focus_steps,
                    focus_batch_size=focus_batch_size, init_from=str(init_from) if init_from else None)
+    if focus_shapes:  # recorded only when used, so checkpoints of runs without it still resume
+        hparams["focus_shapes"] = focus_shapes
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}")
     if init_from:
@@ -392,6 +395,10 @@ def train(
     pool = ScenePool.generate([seed, 0], pool_size, grid)
     print(f"scene pool: {len(pool)} scenes in {time.time() - t_pool:.1f}s", flush=True)
     by_max_n = {n: np.flatnonzero(pool.n_obj <= n) for n in (1, 2, 3)}
+    focus_pool = None
+    if focus_shapes:
+        wanted = [sw.SHAPES.index(x) for x in focus_shapes.split(",")]
+        focus_pool = np.flatnonzero(np.all([(pool.shape == w).any(axis=1) for w in wanted], axis=0))
     stages = _parse_curriculum(curriculum)
     t_start = time.time() - elapsed0
     log = open(out / "train_log.jsonl", "a")
@@ -433,7 +440,13 @@ def train(
             # Mixed batches leave the model reading shape but blind to colour
             # for hundreds of steps; a short focused stretch breaks that plateau.
             max_n, step_kinds, step_batch = 1, ["color", "shape"], focus_batch_size
-        idx = by_max_n[max_n][rng.integers(0, len(by_max_n[max_n]), size=step_batch)]
+        candidates = by_max_n[max_n]
+        if focus_pool is not None and focus_start <= s2 < focus_start + focus_steps:
+            # Focus on scenes holding all of --focus-shapes, each image asked the colour of each of
+            # its objects in turn (three questions cover up to three objects): a confusable pair is
+            # then most of the loss, not a few % of it.
+            candidates, step_kinds = focus_pool, ["color"] * 3
+        idx = candidates[rng.integers(0, len(candidates), size=step_batch)]
         flip = rng.random(step_batch) < 0.5
         ids, starts, img_rows, _ = build_sequences(tok, pool, idx, flip, step_kinds, rng, gen)
         n_seq = ids.shape[0]
@@ -577,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--focus-start", type=int, default=800, help="language-model step where the focus phase starts")
     p.add_argument("--focus-steps", type=int, default=120)
     p.add_argument("--focus-batch-size", type=int, default=48)
+    p.add_argument("--focus-shapes", default="",
+                   help="comma-separated shapes: the focus phase asks colour questions on scenes holding all of them")
     p.add_argument("--init-from", default=None, help="start from these weights (experiments only)")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=250)
@@ -590,6 +605,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--no-projector-aux", action="store_true", help="no auxiliary heads on the projector output")
     p.add_argument("--no-word-grounding", action="store_true",
                    help="no colour/shape word embeddings added to the image tokens (the first shipped design)")
+    p.add_argument("--text-grounding", action="store_true",
+                   help="add the grounding vector to colour/shape words in the text too (needs word grounding)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = ShapesTinyConfig()
@@ -602,11 +619,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if a.no_projector_aux:
         cfg.projector_aux = False
     cfg.word_grounding = not a.no_word_grounding
+    cfg.text_grounding = a.text_grounding
     return train(a.out, steps=a.steps, batch_size=a.batch_size, seed=a.seed, threads=a.threads, lr=a.lr,
                  warmup=a.warmup, pool_size=a.pool_size, mix=a.mix, aux_weight=a.aux_weight,
                  aux_weight_final=a.aux_weight_final, vision_warmup=a.vision_warmup,
                  vision_batch_size=a.vision_batch_size, loss_weighting=a.loss_weighting, curriculum=a.curriculum, focus_start=a.focus_start,
-                 focus_steps=a.focus_steps, focus_batch_size=a.focus_batch_size, init_from=a.init_from,
+                 focus_steps=a.focus_steps, focus_batch_size=a.focus_batch_size, focus_shapes=a.focus_shapes,
+                 init_from=a.init_from,
                  ckpt_every=a.ckpt_every, eval_every=a.eval_every,
                  eval_per_kind=a.eval_per_kind, final_eval_per_kind=a.final_eval_per_kind, config=cfg,
                  progress=not a.no_progress, time_limit_s=a.time_limit, stop_at=a.stop_at)
