@@ -21,13 +21,15 @@ from diffusion_cam.datasets.shapes import PROMPT_TYPES
 from diffusion_cam.evaluation import BenchConfig, MethodSpec, dist_env, load_dataset, run_bench
 from diffusion_cam.evaluation.tables import markdown
 from diffusion_cam.extract import CAM_FORMULAS
+from diffusion_cam.refine.akd import BORDERS as AKD_BORDERS
 
 SWEEP_SEED = 20_000_000
 
 
-def configs(n_layers: int, default_layer: int, default_cam: str) -> list[MethodSpec]:
+def configs(n_layers: int, default_layer: int, default_cam: str, default_border: str = "reflect101") -> list[MethodSpec]:
     """Model defaults first, then one default changed at a time, then the baselines."""
-    specs = [MethodSpec(f"diffusion-cam (defaults: {default_cam}, block {default_layer}, trajectory)", "diffusion-cam")]
+    specs = [MethodSpec(f"diffusion-cam (defaults: {default_cam}, block {default_layer}, trajectory, "
+                        f"AKD border {default_border})", "diffusion-cam")]
     for cam in CAM_FORMULAS:
         for layer in range(n_layers - 1):  # the last block gets no gradient at image positions
             if (cam, layer) != (default_cam, default_layer):
@@ -39,6 +41,7 @@ def configs(n_layers: int, default_layer: int, default_cam: str) -> list[MethodS
         MethodSpec("score=contrastive", "diffusion-cam", (("score", "contrastive"),)),
         MethodSpec("sicd=causal", "diffusion-cam", (("sicd_mode", "causal"),)),
         MethodSpec("akd=adaptive", "diffusion-cam", (("akd_kernel", "adaptive"),)),
+        *[MethodSpec(f"akd border={b}", "diffusion-cam", (("akd_border", b),)) for b in AKD_BORDERS if b != default_border],
         MethodSpec("no module", "diffusion-cam", (("modules", ()),)),
     ]
     for name in ("gradcam", "llava-cam"):
@@ -104,7 +107,7 @@ def main() -> None:
         figure(adapter, Path(args.figure))
         return
     dataset = load_dataset("shapes", n=args.items, seed=SWEEP_SEED, prompts=PROMPT_TYPES)
-    specs = configs(len(adapter.blocks()), adapter.default_layer, adapter.default_cam)
+    specs = configs(len(adapter.blocks()), adapter.default_layer, adapter.default_cam, adapter.default_akd_border)
     config = BenchConfig(out=Path(args.out), specs=specs, faithfulness=args.faithfulness, progress=True)
     rank, world, _ = dist_env()
     tables = run_bench(adapter, dataset, config, rank=rank, world=world)

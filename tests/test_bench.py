@@ -185,9 +185,10 @@ def test_torchrun_two_processes_shard_items_and_merge_into_the_single_process_ta
 def test_cam_option_reaches_diffusion_cam_and_spares_the_baselines(tmp_path):
     out = tmp_path / "cam"
     args = ["bench", "--model", "tiny-random", "--items", "2", "--methods", "diffusion-cam", "gradcam",
-            "--cam", "layercam", "--no-faithfulness", "--no-progress", "--out", str(out)]
+            "--cam", "layercam", "--akd-border", "symmetric", "--no-faithfulness", "--no-progress", "--out", str(out)]
     assert main(args) == 0
-    assert json.loads((out / "bench.json").read_text())["method_options"]["cam"] == "layercam"
+    options = json.loads((out / "bench.json").read_text())["method_options"]
+    assert options["cam"] == "layercam" and options["akd_border"] == "symmetric"
     records = read_records(out)
     assert {r["method"] for r in records} == {"diffusion-cam", "gradcam"}
     # Grad-CAM keeps its own formula instead of failing on the shared option

@@ -25,6 +25,7 @@ def test_explain_writes_result_maps_pictures_and_metrics(tmp_path, capsys):
     assert printed.splitlines()[0] == f"answer: {result['answer']}"
     assert "metrics (mean over tokens)" in printed
     assert result["settings"]["layers"] == [1] and result["settings"]["state"] == "trajectory"
+    assert result["settings"]["akd_border"] == "reflect101"  # tiny-random keeps the reference's border
     assert [t["index"] for t in result["tokens"]] == list(range(len(result["tokens"])))
     assert result["metrics"]["mode"] == "max_class" and len(result["metrics"]["per_token"]) == len(result["tokens"])
     with np.load(out / "maps.npz") as npz:

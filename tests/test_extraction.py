@@ -271,3 +271,23 @@ def test_formula_defaults_to_the_adapters_choice(tiny, monkeypatch):
     assert dc.DiffusionCAM(tiny).cam == "layercam"
     assert dc.DiffusionCAM(tiny, cam="taylor").cam == "taylor"
     assert dc.get_method("gradcam", tiny).cam == "gradcam"  # baselines keep their own formula
+
+
+def test_akd_border_defaults_to_the_adapters_choice_and_reaches_the_maps(tiny, image, monkeypatch):
+    assert tiny.default_akd_border == "reflect101"  # the reference's, for models without a measured choice
+    ref = dc.DiffusionCAM(tiny)
+    assert ref.akd_border == "reflect101" and ref.settings()["akd_border"] == "reflect101"
+    with pytest.raises(UnknownNameError, match="unknown AKD border 'wrap'"):
+        dc.DiffusionCAM(tiny, akd_border="wrap")
+    monkeypatch.setattr(type(tiny), "default_akd_border", property(lambda self: "symmetric"))
+    sym = dc.DiffusionCAM(tiny)
+    assert sym.akd_border == "symmetric"
+    run = sym.generate(image, PROMPT)
+    idx = list(range(len(run.answer_ids)))
+    raw = sym.compute(run, idx)
+    a = sym.build(run, idx, raw).grid_maps
+    b = dc.DiffusionCAM(tiny, akd_border="reflect101").build(run, idx, raw).grid_maps
+    c = dc.DiffusionCAM(tiny, akd_border="reflect101", modules=("dacg", "cba", "sicd")).build(run, idx, raw).grid_maps
+    d = dc.DiffusionCAM(tiny, modules=("dacg", "cba", "sicd")).build(run, idx, raw).grid_maps
+    assert not np.array_equal(a, b)  # the border changes AKD's output
+    assert np.array_equal(c, d)  # and nothing else

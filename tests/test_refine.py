@@ -27,11 +27,11 @@ from diffusion_cam.refine.cba import cba_threshold
 from diffusion_cam.refine.sicd import repeat_ratio
 
 
-def loop_rank_gaussian(img: np.ndarray, k: int) -> np.ndarray:
+def loop_rank_gaussian(img: np.ndarray, k: int, pad_mode: str = "reflect") -> np.ndarray:
     """Per-pixel statement of the AKD rule, used as an independent oracle."""
     n = k * k
     offsets = np.arange(n) - n // 2
-    padded = np.pad(img, k // 2, mode="reflect")
+    padded = np.pad(img, k // 2, mode=pad_mode)
     out = np.zeros_like(img, dtype=np.float64)
     for i in range(img.shape[0]):
         for j in range(img.shape[1]):
@@ -85,6 +85,30 @@ def test_akd_matches_per_pixel_rule(k, shape):
     rng = np.random.default_rng(k * 100 + shape[0] * 10 + shape[1])
     m = random_map(rng, shape)
     np.testing.assert_allclose(akd(m, k), loop_rank_gaussian(m, k), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_akd_symmetric_border_matches_per_pixel_rule(k):
+    m = random_map(np.random.default_rng(k), (9, 7))
+    np.testing.assert_allclose(akd(m, k, border="symmetric"), loop_rank_gaussian(m, k, "symmetric"), rtol=0, atol=1e-12)
+
+
+def test_akd_border_decides_whether_a_peak_next_to_the_edge_moves_onto_it():
+    # a two-pixel blob one column in from the left edge of a coarse grid
+    m = np.zeros((6, 6))
+    m[2:4, 1] = 1.0
+    m[2:4, 2] = 0.5
+    ref = akd(m, 3)  # reflect-101: the edge window sees column 1 twice
+    assert ref[2:4, 0].max() > ref[2:4, 1].max()
+    sym = akd(m, 3, border="symmetric")
+    assert np.unravel_index(np.argmax(sym), sym.shape)[1] in (1, 2)
+    assert sym[2:4, 0].max() < sym[2:4, 1].max()
+    np.testing.assert_array_equal(akd(m, 3, border="reflect101"), ref)  # the default is the reference's
+    with pytest.raises(ValueError, match="border must be one of reflect101, symmetric"):
+        akd(m, 3, border="wrap")
+    # the pipeline routes it like any module parameter
+    routed = R.refine(m, [1, 2], ("akd",), akd_border="symmetric")
+    assert np.argmax(routed) == np.argmax(sym) and np.argmax(R.refine(m, [1, 2], ("akd",))) == np.argmax(ref)
 
 
 def test_akd_constant_window_gives_mean_not_nan():

@@ -166,6 +166,12 @@ class Adapter(ABC):
                 f"context of {limit}; {hint}")
 
     @property
+    def default_akd_border(self) -> str:
+        """AKD window border when none is given: the reference's ``reflect101``;
+        built-in adapters override with a measured choice."""
+        return "reflect101"
+
+    @property
     def default_cam(self) -> str:
         """Map formula of Diffusion-CAM when none is given: the method spec's ``poscam``;
         built-in adapters override with a measured choice."""

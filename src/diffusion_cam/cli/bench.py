@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from ..adapters.base import STATES
 from ..extract import CAM_FORMULAS, SCORES
-from .options import _kernel, add_model_options
+from .options import AKD_BORDERS, _kernel, add_model_options
 
 
 def add_parser(sub) -> None:
@@ -44,6 +44,8 @@ def add_parser(sub) -> None:
                    help="Diffusion-CAM map formula (default: the model's; baselines keep their own)")
     g.add_argument("--sicd-mode", default=None, choices=("reference", "causal"), help="Diffusion-CAM SICD variant")
     g.add_argument("--akd-kernel", default=None, type=_kernel, help="Diffusion-CAM AKD kernel")
+    g.add_argument("--akd-border", default=None, choices=AKD_BORDERS,
+                   help="Diffusion-CAM AKD window border (default: the model's)")
     g.add_argument("--chunk-size", type=int, default=None, help="tokens per batched backward")
     g.add_argument("--gen-length", type=int, default=None, help="answer canvas length (default: the model's)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
@@ -114,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(
         out=out, specs=specs, ablation_rows=rows,
         method_options=dict(layer=layer, state=args.state, score=args.score, cam=args.cam, sicd_mode=args.sicd_mode,
-                            akd_kernel=args.akd_kernel, chunk_size=args.chunk_size, generation=generation),
+                            akd_kernel=args.akd_kernel, akd_border=args.akd_border, chunk_size=args.chunk_size,
+                            generation=generation),
         faithfulness=not args.no_faithfulness, blur_sigma=args.blur_sigma, batch_size=args.batch_size,
         save_explanations=args.save_explanations, retry_failed=args.retry_failed, progress=not args.no_progress)
     tables = run_bench(adapter, dataset, config, rank, world)

@@ -6,6 +6,7 @@ import argparse
 
 from ..adapters.base import STATES
 from ..extract import CAM_FORMULAS, SCORES
+from ..refine.akd import BORDERS as AKD_BORDERS
 
 ALL_MODULES = ("akd", "dacg", "cba", "sicd")
 
@@ -58,6 +59,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="refinement modules: any of akd dacg cba sicd, or none (default: all four)")
     g.add_argument("--sicd-mode", default="reference", choices=("reference", "causal"), help="SICD variant")
     g.add_argument("--akd-kernel", default=3, type=_kernel, help="AKD kernel size (odd int) or 'adaptive'")
+    g.add_argument("--akd-border", default=None, choices=AKD_BORDERS,
+                   help="AKD window border (default: the model's measured choice; reflect101, the reference's, "
+                        "for other models)")
     g.add_argument("--distractor", default=None, help="word contrasted against, for --score contrastive")
     g.add_argument("--chunk-size", type=_chunk, default=16,
                    help="tokens per batched backward, or 'auto' to fit the device's free memory (default: 16)")
@@ -85,7 +89,8 @@ def method_kwargs(args: argparse.Namespace, adapter) -> dict:
     )
     layer = None if args.layer is None else (args.layer[0] if len(args.layer) == 1 else args.layer)
     return dict(layer=layer, state=args.state, score=args.score, cam=args.cam, modules=modules,
-                sicd_mode=args.sicd_mode, akd_kernel=args.akd_kernel, distractor=args.distractor,
+                sicd_mode=args.sicd_mode, akd_kernel=args.akd_kernel, akd_border=args.akd_border,
+                distractor=args.distractor,
                 chunk_size=args.chunk_size, generation=generation)
 
 

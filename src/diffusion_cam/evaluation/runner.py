@@ -39,7 +39,7 @@ MAIN_METHODS = ("diffusion-cam", "gradcam", "llava-cam", "tam", "center")
 ABLATION_ROWS = (("Baseline (no module)", ()), ("+ AKD", ("akd",)), ("+ DACG", ("dacg",)),
                  ("+ CBA", ("cba",)), ("+ SICD", ("sicd",)), ("Full", MODULES))
 #: options that only change refinement, so methods differing in them share raw maps
-REFINE_KEYS = ("modules", "sicd_mode", "akd_kernel", "module_params")
+REFINE_KEYS = ("modules", "sicd_mode", "akd_kernel", "akd_border", "module_params")
 SCORED_KINDS = ("object", "count")
 
 

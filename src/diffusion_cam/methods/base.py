@@ -20,6 +20,7 @@ from ..explanation import Explanation
 from ..extract import place_maps
 from ..generation import GenerationResult
 from ..io import load_image
+from ..refine.akd import BORDERS as AKD_BORDERS
 
 
 @dataclass
@@ -70,7 +71,8 @@ class ExplanationMethod(ABC):
 
     def __init__(self, adapter: Adapter, *, modules: Sequence[str] | None = None,
                  generation: GenerationConfig | None = None, sicd_mode: str = "reference",
-                 akd_kernel: int | str = 3, module_params: dict[str, Any] | None = None) -> None:
+                 akd_kernel: int | str = 3, akd_border: str | None = None,
+                 module_params: dict[str, Any] | None = None) -> None:
         from ..refine import MODULES
 
         self.adapter = adapter
@@ -81,6 +83,10 @@ class ExplanationMethod(ABC):
         self.generation = generation or adapter.default_generation
         self.sicd_mode = sicd_mode
         self.akd_kernel = akd_kernel
+        # None: the adapter's measured choice (the reference's reflect-101 unless measured otherwise)
+        self.akd_border = akd_border or adapter.default_akd_border
+        if self.akd_border not in AKD_BORDERS:
+            raise UnknownNameError(f"unknown AKD border {self.akd_border!r}; choose one of {', '.join(AKD_BORDERS)}")
         self.module_params = dict(module_params or {})
 
     # ---------------------------------------------------------------- hooks
@@ -94,6 +100,7 @@ class ExplanationMethod(ABC):
             "modules": list(self.modules),
             "sicd_mode": self.sicd_mode,
             "akd_kernel": self.akd_kernel,
+            "akd_border": self.akd_border,
             "module_params": self.module_params,
             "generation": asdict(self.generation),
         }
@@ -156,7 +163,7 @@ class ExplanationMethod(ABC):
 
         if not self.modules:
             return maps.astype(np.float32)
-        params = dict(self.module_params)
+        params = {"akd_border": self.akd_border, **self.module_params}
         if self.akd_kernel == "adaptive":
             params.setdefault("akd_steps", len(run.generation.steps))
             params.setdefault("akd_image_size", max(run.inputs.image_size))

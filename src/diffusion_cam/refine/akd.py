@@ -47,7 +47,7 @@ def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     return tuple((a, b) for a, b in pairs if b < n)
 
 
-def _ranked_windows(x: np.ndarray, k: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def _ranked_windows(x: np.ndarray, k: int, pad_mode: str = "reflect") -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Per-pixel window statistics and rank planes.
 
     Returns ``(planes, total, sq)``: ``planes[r]`` holds, for every pixel, the
@@ -57,8 +57,9 @@ def _ranked_windows(x: np.ndarray, k: int) -> tuple[list[np.ndarray], np.ndarray
     h, w = x.shape
     n = k * k
     # numpy "reflect" excludes the edge sample, i.e. OpenCV BORDER_REFLECT_101
-    # (the reference's border); it also handles pads wider than the map.
-    padded = np.pad(x, k // 2, mode="reflect")
+    # (the reference's border), "symmetric" repeats it (BORDER_REFLECT); both
+    # handle pads wider than the map.
+    padded = np.pad(x, k // 2, mode=pad_mode)
     if n <= _NETWORK_MAX_N:
         # One buffer for all planes plus a spare, updated in place: allocating
         # fresh planes per comparator costs more than the comparisons.
@@ -86,8 +87,17 @@ def _ranked_windows(x: np.ndarray, k: int) -> tuple[list[np.ndarray], np.ndarray
     return list(stack), stack.sum(axis=0), np.einsum("rhw,rhw->hw", stack, stack)
 
 
-def rank_gaussian_filter(m, kernel_size: int = 3) -> np.ndarray:
-    """Rank-Gaussian filter with a fixed odd ``kernel_size`` (reflect-101 border).
+#: window borders: the reference's reflect-101 (``dcb|abcd``) or symmetric (``cba|abcd``)
+BORDERS = {"reflect101": "reflect", "symmetric": "symmetric"}
+
+
+def rank_gaussian_filter(m, kernel_size: int = 3, border: str = "reflect101") -> np.ndarray:
+    """Rank-Gaussian filter with a fixed odd ``kernel_size``.
+
+    ``border="reflect101"`` (the reference's) mirrors the map about its edge
+    pixel, so a window on the edge holds the pixels next to the edge twice: a
+    peak one pixel from the edge of a coarse grid is moved onto the edge.
+    ``"symmetric"`` repeats the edge pixel instead, which leaves that peak in place.
 
     Per pixel, with sorted window values ``w_0..w_{n-1}`` (``n = k²``),
     ``mu = mean``, ``s = std / mu`` and rank offsets ``a_r = r - n//2``::
@@ -99,12 +109,14 @@ def rank_gaussian_filter(m, kernel_size: int = 3) -> np.ndarray:
     """
     x = as_map(m)
     k = _check_kernel(kernel_size)
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {', '.join(BORDERS)}, got {border!r}")
     if k == 1:
         return np.where(x > 0, x, 0.0)
 
     n = k * k
     c = n // 2
-    planes, total, sq = _ranked_windows(x, k)
+    planes, total, sq = _ranked_windows(x, k, BORDERS[border])
     mu = total / n
     # One-pass variance: its cancellation error only matters when the window
     # is nearly flat, where every rank weighting yields nearly the same value.
@@ -172,6 +184,7 @@ def akd(
     image_size: float | None = None,
     sigma: float | None = None,
     base: int = 3,
+    border: str = "reflect101",
 ) -> np.ndarray:
     """Adaptive Kernel Denoising of a 2-D map.
 
@@ -179,7 +192,7 @@ def akd(
     or ``"adaptive"``, which needs ``steps`` (real denoising steps) and
     ``image_size`` (image side in pixels) and uses ``sigma`` (default: the std
     of ``m``, which is the raw map when AKD runs first) in
-    :func:`adaptive_kernel_size`.
+    :func:`adaptive_kernel_size`. ``border``: see :func:`rank_gaussian_filter`.
     """
     x = as_map(m)
     if isinstance(kernel_size, str):
@@ -189,7 +202,7 @@ def akd(
             raise ValueError("kernel_size='adaptive' needs steps= and image_size=")
         s = float(np.std(x)) if sigma is None else float(sigma)
         kernel_size = adaptive_kernel_size(steps, s, image_size, base=base)
-    return rank_gaussian_filter(x, kernel_size)
+    return rank_gaussian_filter(x, kernel_size, border)
 
 
 def _check_kernel(kernel_size) -> int:
