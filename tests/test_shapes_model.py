@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,3 +299,35 @@ def test_focus_shapes_draws_scenes_that_hold_them(tmp_path, tok, monkeypatch):
     for shapes_of_scenes, kinds in seen:
         assert kinds == ["color"] * 3
         assert all({"circle", "cross"} <= held for held in shapes_of_scenes)
+
+
+def test_the_recipe_chains_nine_stages_and_skips_finished_ones(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_train(out_dir, config, init_from, **settings):
+        calls.append((Path(out_dir).name, config, init_from, settings))
+        (Path(out_dir) / "final").mkdir(parents=True)
+        (Path(out_dir) / "summary.json").write_text(json.dumps({"stage": Path(out_dir).name}))
+        return {"stage": Path(out_dir).name}
+
+    monkeypatch.setattr(tr, "train", fake_train)
+    assert tr.train_recipe(tmp_path, stages=3, threads=1) == {"stage": "stage-3"}
+    assert [c[0] for c in calls] == ["stage-1", "stage-2", "stage-3"]
+    assert calls[0][2] is None and calls[1][2] == tmp_path / "stage-1" / "final"
+    assert not calls[0][1].projector_aux and not calls[0][1].word_grounding
+    assert calls[1][1].projector_aux and not calls[1][1].word_grounding and calls[2][1].word_grounding
+    assert calls[0][3]["stop_at"] == 800 and all(c[3]["threads"] == 1 for c in calls)
+    calls.clear()
+    assert tr.train_recipe(tmp_path, threads=1) == {"stage": "stage-9"}  # resumes after the finished three
+    assert [c[0] for c in calls] == [f"stage-{n}" for n in range(4, 10)]
+    assert calls[0][2] == tmp_path / "stage-3" / "final"
+    last = calls[-1]
+    assert last[1].text_grounding and last[3]["focus_shapes"] == "circle,cross" and last[3]["focus_start"] == 0
+    assert sum(s.get("steps", 1800) if "stop_at" not in s else s["stop_at"] for _, s in tr.RECIPE) == 6700
+
+
+def test_train_shapes_cli_refuses_a_stage_count_outside_the_recipe(capsys):
+    from diffusion_cam.cli import main
+
+    assert main(["train-shapes", "--out", "unused", "--stages", "10"]) == 2
+    assert "--stages must be between 1 and 9" in capsys.readouterr().err

@@ -40,7 +40,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -536,6 +536,55 @@ def train(
     for kind in PROMPT_KINDS:
         print(f"exact-match {kind:>8}: {100 * res[kind]:.1f}%", flush=True)
     print(f"train wall time {wall / 60:.1f} min, {final_step} steps; model in {out / _FINAL}", flush=True)
+    return summary
+
+
+# --------------------------------------------------------------------------- the shipped recipe
+
+# Settings shared by stages 3-9: no vision warm-up or curriculum, a fixed small auxiliary weight.
+_LATE = dict(vision_warmup=0, curriculum="", focus_start=100_000, aux_weight=0.2, aux_weight_final=0.2)
+_QUESTIONS = "describe:1,color:3,shape:3,count:1"
+_COLOUR = "describe:1,color:4,shape:1,count:1"
+
+#: The nine stages of the shipped model (TRAINING.md): per stage, the architecture switches and
+#: the :func:`train` settings; every stage starts from the previous stage's weights.
+RECIPE: tuple[tuple[dict[str, bool], dict[str, Any]], ...] = (
+    (dict(projector_aux=False, word_grounding=False), dict(loss_weighting="masked_mean", stop_at=800)),
+    (dict(word_grounding=False), dict(loss_weighting="masked_mean", vision_warmup=0, steps=1300,
+                                      curriculum="100:1,300:2", focus_start=300)),
+    (dict(), dict(_LATE, steps=900, lr=1e-3, warmup=30, loss_weighting="masked_mean", stop_at=300)),
+    (dict(), dict(_LATE, steps=700, lr=1e-3, warmup=20, stop_at=100)),
+    (dict(), dict(_LATE, steps=700, lr=1e-3, warmup=20, mix=_QUESTIONS, stop_at=400)),
+    (dict(), dict(_LATE, steps=2000, lr=1e-3, warmup=10, mix=_QUESTIONS)),
+    (dict(), dict(_LATE, steps=600, lr=5e-4, warmup=10, mix=_COLOUR)),
+    (dict(text_grounding=True), dict(_LATE, steps=600, lr=1e-3, warmup=10, mix=_COLOUR)),
+    (dict(text_grounding=True), dict(_LATE, steps=600, lr=1e-3, warmup=10, mix=_COLOUR, focus_start=0,
+                                     focus_steps=300, focus_batch_size=32, focus_shapes="circle,cross")),
+)
+
+
+def train_recipe(out_dir: str | Path, stages: int | None = None, **common: Any) -> dict:
+    """Run the shipped model's stages into ``out_dir/stage-N``; the result is ``out_dir/stage-9/final``.
+
+    Each stage starts from the previous one's ``final`` weights. Re-running the
+    same command skips finished stages and resumes the interrupted one from its
+    checkpoint. ``stages`` runs only the first N; ``common`` (seed, threads,
+    progress, ...) goes to every :func:`train` call.
+    """
+    out = Path(out_dir)
+    chosen = RECIPE[: stages or len(RECIPE)]
+    summary: dict = {}
+    init = None
+    for n, (switches, settings) in enumerate(chosen, start=1):
+        stage = out / f"stage-{n}"
+        if (stage / "summary.json").is_file() and (stage / _FINAL).is_dir():
+            summary = json.loads((stage / "summary.json").read_text())
+        else:
+            config = ShapesTinyConfig(word_grounding=True)
+            for key, value in switches.items():
+                setattr(config, key, value)
+            summary = train(stage, config=config, init_from=init, **{**settings, **common})
+        init = stage / _FINAL
     return summary
 
 
