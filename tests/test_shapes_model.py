@@ -295,6 +295,8 @@ def test_focus_shapes_draws_scenes_that_hold_them(tmp_path, tok, monkeypatch):
     tr.train(tmp_path / "focus", config=_tiny_config(tok), **common)
     state = torch.load(tmp_path / "focus" / "checkpoint" / "train_state.pt", weights_only=True)
     assert state["hparams"]["focus_shapes"] == "circle,cross"
+    with pytest.raises(ValueError, match="unknown focus shape\\(s\\) star; choose from circle"):
+        tr.train(tmp_path / "bad", config=_tiny_config(tok), **{**common, "focus_shapes": "circle,star"})
     assert len(seen) == 2
     for shapes_of_scenes, kinds in seen:
         assert kinds == ["color"] * 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from .options import add_method_options, add_model_options, load_adapter, method_kwargs
@@ -35,8 +36,6 @@ def _targets(values):
 def prepare_output(path: str) -> Path:
     """Create the output directory now, so an unwritable path fails before the model runs."""
     from ..errors import OutputError
-
-    import tempfile
 
     out = Path(path)
     try:

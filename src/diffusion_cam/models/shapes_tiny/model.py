@@ -197,6 +197,7 @@ class ShapesTinyModel(nn.Module):
         # aux classes are (background, then the contract's order): rows 1.. of the heads
         self.register_buffer("colour_word_ids", torch.tensor([tok.token_to_id[w] for w in COLOURS]), persistent=False)
         self.register_buffer("shape_word_ids", torch.tensor([tok.token_to_id[w] for w in SHAPES]), persistent=False)
+        self.register_buffer("grounded_word_ids", torch.cat([self.colour_word_ids, self.shape_word_ids]), persistent=False)
         self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(1, 3, 1, 1), persistent=False)
         self._init_weights()
@@ -258,9 +259,8 @@ class ShapesTinyModel(nn.Module):
             raise ValueError(f"every sequence needs exactly {n_img} <image> tokens, got {counts.tolist()}")
         x = self.embed(input_ids)
         if self.config.text_grounding:
-            words = F.normalize(self.embed.weight, dim=-1)
-            grounded = torch.isin(input_ids, torch.cat([self.colour_word_ids, self.shape_word_ids]))
-            x = x + self.ground_gain * words[input_ids] * grounded.unsqueeze(-1).to(x.dtype)
+            grounded = torch.isin(input_ids, self.grounded_word_ids)
+            x = x + self.ground_gain * self._unit_embeddings()[input_ids] * grounded.unsqueeze(-1).to(x.dtype)
         x = x.masked_scatter(is_img.unsqueeze(-1), image_embeds.to(x.dtype).reshape(-1, x.shape[-1]))
         x = x + self.pos[:, :length]
         if self.answer_pos is not None:
@@ -292,6 +292,10 @@ class ShapesTinyModel(nn.Module):
             return []
         return list(self.proj_aux_head(image_tokens).split(list(self.config.aux_classes), dim=-1))
 
+    def _unit_embeddings(self) -> torch.Tensor:
+        """The word embeddings at unit norm: the grounding vectors shared by words and patches."""
+        return F.normalize(self.embed.weight, dim=-1)
+
     def project(self, vision_features: torch.Tensor) -> torch.Tensor:
         """Vision-encoder output -> language-model image tokens ``(B, n_img, d_model)``."""
         x = vision_features
@@ -300,7 +304,7 @@ class ShapesTinyModel(nn.Module):
             x = torch.cat([x] + probs, dim=-1)
         tokens = self.projector(x)
         if self.config.word_grounding:
-            words = F.normalize(self.embed.weight, dim=-1)
+            words = self._unit_embeddings()
             grounding = probs[0][..., 1:] @ words[self.colour_word_ids] + probs[1][..., 1:] @ words[self.shape_word_ids]
             tokens = tokens + self.ground_gain * grounding
         return tokens

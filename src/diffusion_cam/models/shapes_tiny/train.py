@@ -367,6 +367,9 @@ def train(
                    curriculum=curriculum, focus_start=focus_start, focus_steps=focus_steps,
                    focus_batch_size=focus_batch_size, init_from=str(init_from) if init_from else None)
     if focus_shapes:  # recorded only when used, so checkpoints of runs without it still resume
+        unknown = sorted(set(focus_shapes.split(",")) - set(sw.SHAPES))
+        if unknown:
+            raise ValueError(f"unknown focus shape(s) {', '.join(unknown)}; choose from {', '.join(sw.SHAPES)}")
         hparams["focus_shapes"] = focus_shapes
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}")
@@ -434,18 +437,19 @@ def train(
         s2 = step - vision_warmup
         gen_t = torch.Generator().manual_seed(int(rng.integers(2**62)))
         max_n = next((n for until, n in stages if s2 < until), 3)
-        step_kinds, step_batch = kinds, batch_size
+        candidates, step_kinds, step_batch = by_max_n[max_n], kinds, batch_size
         if focus_start <= s2 < focus_start + focus_steps:
-            # Focus phase: only one-word colour/shape answers about lone objects.
-            # Mixed batches leave the model reading shape but blind to colour
-            # for hundreds of steps; a short focused stretch breaks that plateau.
-            max_n, step_kinds, step_batch = 1, ["color", "shape"], focus_batch_size
-        candidates = by_max_n[max_n]
-        if focus_pool is not None and focus_start <= s2 < focus_start + focus_steps:
-            # Focus on scenes holding all of --focus-shapes, each image asked the colour of each of
-            # its objects in turn (three questions cover up to three objects): a confusable pair is
-            # then most of the loss, not a few % of it.
-            candidates, step_kinds = focus_pool, ["color"] * 3
+            step_batch = focus_batch_size
+            if focus_pool is None:
+                # Only one-word colour/shape answers about lone objects. Mixed batches leave
+                # the model reading shape but blind to colour for hundreds of steps; a short
+                # focused stretch breaks that plateau.
+                candidates, step_kinds = by_max_n[1], ["color", "shape"]
+            else:
+                # Scenes holding all of --focus-shapes, each image asked the colour of each of
+                # its objects in turn (three questions cover up to three objects): a confusable
+                # pair is then most of the loss, not a few % of it.
+                candidates, step_kinds = focus_pool, ["color"] * 3
         idx = candidates[rng.integers(0, len(candidates), size=step_batch)]
         flip = rng.random(step_batch) < 0.5
         ids, starts, img_rows, _ = build_sequences(tok, pool, idx, flip, step_kinds, rng, gen)
