@@ -1,4 +1,4 @@
-"""Sweep Diffusion-CAM's defaults (map formula, layer, state, score, modules) and the baselines' layer.
+"""Sweep Diffusion-CAM's defaults (map formula, layer, state, score, modules) and the baselines' layer and score.
 
 One bench run holds every configuration as its own method, so each scene's
 answer is generated once and shared.  Scenes start at seed 20_000_000: they
@@ -7,7 +7,7 @@ are neither training scenes nor the ones the reported tables use
 Every prompt type is swept (captions, colour / shape / count questions).
 
     python benchmarks/sweep_shapes.py [--items 30] [--out runs/sweep_shapes] [--faithfulness]
-    torchrun --nproc_per_node 2 benchmarks/sweep_shapes.py --items 30 --out runs/sweep_shapes
+    torchrun --nproc_per_node 2 benchmarks/sweep_shapes.py --items 60 --out runs/sweep_shapes
     python benchmarks/sweep_shapes.py --figure docs/bench_maps.png
 """
 
@@ -20,16 +20,17 @@ import diffusion_cam as dc
 from diffusion_cam.datasets.shapes import PROMPT_TYPES
 from diffusion_cam.evaluation import BenchConfig, MethodSpec, dist_env, load_dataset, run_bench
 from diffusion_cam.evaluation.tables import markdown
-from diffusion_cam.extract import CAM_FORMULAS
+from diffusion_cam.extract import CAM_FORMULAS, SCORES
 from diffusion_cam.refine.akd import BORDERS as AKD_BORDERS
 
 SWEEP_SEED = 20_000_000
 
 
-def configs(n_layers: int, default_layer: int, default_cam: str, default_border: str = "reflect101") -> list[MethodSpec]:
+def configs(n_layers: int, default_layer: int, default_cam: str, default_border: str = "reflect101",
+            default_score: str = "logit") -> list[MethodSpec]:
     """Model defaults first, then one default changed at a time, then the baselines."""
     specs = [MethodSpec(f"diffusion-cam (defaults: {default_cam}, block {default_layer}, trajectory, "
-                        f"AKD border {default_border})", "diffusion-cam")]
+                        f"{default_score}, AKD border {default_border})", "diffusion-cam")]
     for cam in CAM_FORMULAS:
         for layer in range(n_layers - 1):  # the last block gets no gradient at image positions
             if (cam, layer) != (default_cam, default_layer):
@@ -37,8 +38,8 @@ def configs(n_layers: int, default_layer: int, default_cam: str, default_border:
     specs += [
         MethodSpec(f"block={n_layers - 1} (last)", "diffusion-cam", (("layer", n_layers - 1),)),
         MethodSpec("state=final", "diffusion-cam", (("state", "final"),)),
-        MethodSpec("score=logprob", "diffusion-cam", (("score", "logprob"),)),
-        MethodSpec("score=contrastive", "diffusion-cam", (("score", "contrastive"),)),
+        *[MethodSpec(f"score={score}", "diffusion-cam", (("score", score),))
+          for score in SCORES if score not in (default_score, "vocab_sum")],  # vocab_sum names no token
         MethodSpec("sicd=causal", "diffusion-cam", (("sicd_mode", "causal"),)),
         MethodSpec("akd=adaptive", "diffusion-cam", (("akd_kernel", "adaptive"),)),
         *[MethodSpec(f"akd border={b}", "diffusion-cam", (("akd_border", b),)) for b in AKD_BORDERS if b != default_border],
@@ -46,6 +47,8 @@ def configs(n_layers: int, default_layer: int, default_cam: str, default_border:
     ]
     for name in ("gradcam", "llava-cam"):
         specs.append(MethodSpec(name, name))
+        if name == "gradcam" and default_score != "logit":
+            specs.append(MethodSpec("gradcam score=logit", name, (("score", "logit"),)))
         for layer in range(n_layers - 1):
             if layer != default_layer:
                 specs.append(MethodSpec(f"{name} block={layer}", name, (("layer", layer),)))
@@ -63,7 +66,8 @@ def figure(adapter, path: Path, seeds=(SWEEP_SEED, SWEEP_SEED + 1)) -> None:
 
     from diffusion_cam.datasets import shapes
 
-    rows = [("Diffusion-CAM, poscam (method spec)", "diffusion-cam", {"cam": "poscam"}),
+    rows = [("Diffusion-CAM, method spec defaults", "diffusion-cam",
+             {"cam": "poscam", "score": "logit", "akd_border": "reflect101"}),
             ("Diffusion-CAM (model default)", "diffusion-cam", {}),
             ("TAM", "tam", {})]
     panels = []
@@ -107,13 +111,15 @@ def main() -> None:
         figure(adapter, Path(args.figure))
         return
     dataset = load_dataset("shapes", n=args.items, seed=SWEEP_SEED, prompts=PROMPT_TYPES)
-    specs = configs(len(adapter.blocks()), adapter.default_layer, adapter.default_cam, adapter.default_akd_border)
+    specs = configs(len(adapter.blocks()), adapter.default_layer, adapter.default_cam, adapter.default_akd_border,
+                    adapter.default_score)
     config = BenchConfig(out=Path(args.out), specs=specs, faithfulness=args.faithfulness, progress=True)
     rank, world, _ = dist_env()
     tables = run_bench(adapter, dataset, config, rank=rank, world=world)
     if tables is not None:
         print(f"sweep on {args.items} held-out scenes (seed {SWEEP_SEED}+, every prompt type), model {args.model}, "
-              f"default block {adapter.default_layer}, default formula {adapter.default_cam}")
+              f"default block {adapter.default_layer}, default formula {adapter.default_cam}, "
+              f"default score {adapter.default_score}")
         print(markdown(tables["main"]))
 
 

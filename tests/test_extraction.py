@@ -70,7 +70,7 @@ def test_batched_vjp_equals_per_token_backward(tiny, image, strategy):
         assert torch.allclose(batched.scores[k], single.scores[0])
 
 
-@pytest.mark.parametrize("score", ["logit", "logprob", "contrastive", "vocab_sum"])
+@pytest.mark.parametrize("score", ["logit", "logprob", "logodds", "contrastive", "vocab_sum"])
 @pytest.mark.parametrize("cam", CAM_FORMULAS)
 def test_maps_are_deterministic_and_normalised(tiny, image, score, cam):
     # the random model repeats one word, so the contrastive score gets an explicit distractor
@@ -84,6 +84,28 @@ def test_maps_are_deterministic_and_normalised(tiny, image, score, cam):
     assert a.maps.min() >= 0 and a.maps.max() <= 1
     # min-max with eps 1e-8 (spec): the peak is 1 up to eps relative to the raw span
     assert all(m.max() > 0.99 for m, bad in zip(a.raw_grid_maps, a.degenerate) if not bad)
+
+
+def test_logodds_is_log_p_over_one_minus_p_and_keeps_its_gradient_when_p_nears_one():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    head = torch.randn(8, 5, dtype=torch.float64)
+    targets = [Target(0, 1), Target(1, 4), Target(2, 0)]
+    logits = hidden @ head
+    odds = target_scores(logits, targets, "logodds")
+    p = torch.softmax(logits.float(), -1)[[0, 1, 2], [1, 4, 0]]
+    torch.testing.assert_close(odds, torch.log(p) - torch.log1p(-p), rtol=1e-5, atol=1e-5)
+    # logprob's gradient is (1 - p) times logodds': the same direction, so the same map
+    for k in range(3):
+        g_odds, = torch.autograd.grad(target_scores(hidden @ head, targets[k:k + 1], "logodds")[0], hidden)
+        g_prob, = torch.autograd.grad(target_scores(hidden @ head, targets[k:k + 1], "logprob")[0], hidden)
+        torch.testing.assert_close(g_prob, (1 - p[k].double()) * g_odds, rtol=1e-4, atol=1e-6)
+    # a confident token: p rounds to 1 in float32, logprob's gradient is gone, logodds' is not
+    confident = torch.tensor([[40.0, 0.0, 1.0]], requires_grad=True)
+    g_prob, = torch.autograd.grad(target_scores(confident, [Target(0, 0)], "logprob")[0], confident)
+    g_odds, = torch.autograd.grad(target_scores(confident, [Target(0, 0)], "logodds")[0], confident)
+    assert g_prob[0, 0] == 0 and g_prob.abs().max() < 1e-16
+    torch.testing.assert_close(g_odds, torch.tensor([[1.0, -0.2689414, -0.7310586]]))
 
 
 def test_states_differ_and_trajectory_groups_by_step(tiny, image):
@@ -271,6 +293,21 @@ def test_formula_defaults_to_the_adapters_choice(tiny, monkeypatch):
     assert dc.DiffusionCAM(tiny).cam == "layercam"
     assert dc.DiffusionCAM(tiny, cam="taylor").cam == "taylor"
     assert dc.get_method("gradcam", tiny).cam == "gradcam"  # baselines keep their own formula
+
+
+def test_score_defaults_to_the_adapters_choice_and_reaches_the_gradients(tiny, image, monkeypatch):
+    assert tiny.default_score == "logit"  # the method spec's, for models without a measured choice
+    assert dc.DiffusionCAM(tiny).score == "logit"
+    with pytest.raises(UnknownNameError, match="unknown score 'log-prob'"):
+        dc.DiffusionCAM(tiny, score="log-prob")
+    logit = dc.DiffusionCAM(tiny).explain(image, PROMPT)
+    monkeypatch.setattr(type(tiny), "default_score", property(lambda self: "logprob"))
+    method = dc.DiffusionCAM(tiny)
+    assert method.score == "logprob" and method.settings()["score"] == "logprob"
+    assert dc.DiffusionCAM(tiny, score="logit").score == "logit"  # an explicit choice wins
+    logprob = method.explain(image, PROMPT)
+    assert logprob.tokens == logit.tokens
+    assert not np.array_equal(logprob.raw_grid_maps, logit.raw_grid_maps)  # a different gradient
 
 
 def test_akd_border_defaults_to_the_adapters_choice_and_reaches_the_maps(tiny, image, monkeypatch):

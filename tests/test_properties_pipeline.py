@@ -101,8 +101,10 @@ def _covered(grids, size):
     for g in grids:
         if g.image_index != 0:
             continue
-        x0, y0, x1, y1 = (int(round(v)) for v in g.region)
-        mask[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)] = True
+        # clamp both ends into the image: a negative end would count from the far side
+        x0, x1 = (min(max(int(round(v)), 0), width) for v in g.region[0::2])
+        y0, y1 = (min(max(int(round(v)), 0), height) for v in g.region[1::2])
+        mask[y0:y1, x0:x1] = True
     return mask
 
 

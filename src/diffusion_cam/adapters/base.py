@@ -172,6 +172,12 @@ class Adapter(ABC):
         return "reflect101"
 
     @property
+    def default_score(self) -> str:
+        """Score differentiated per token when none is given: the method spec's ``logit``;
+        built-in adapters override with a measured choice."""
+        return "logit"
+
+    @property
     def default_cam(self) -> str:
         """Map formula of Diffusion-CAM when none is given: the method spec's ``poscam``;
         built-in adapters override with a measured choice."""

@@ -16,10 +16,11 @@ from ..errors import ModelLoadError, PromptError, TargetError
 from .base import Adapter, GenerationConfig, ImageGrid, ModelInputs
 from .registry import ModelEntry, register_model
 
-#: block, map formula and AKD border chosen by ``benchmarks/sweep_shapes.py`` on held-out
-#: scenes (README, "Choosing the layer and the formula"; docs/benchmarks.md)
+#: block, map formula, score and AKD border chosen by ``benchmarks/sweep_shapes.py`` on held-out
+#: scenes (README, "Choosing the layer, the formula and the score"; docs/benchmarks.md)
 DEFAULT_LAYER = 0
 DEFAULT_CAM = "layercam"
+DEFAULT_SCORE = "logodds"
 DEFAULT_AKD_BORDER = "symmetric"
 
 
@@ -60,6 +61,10 @@ class ShapesTinyAdapter(Adapter):
     @property
     def default_cam(self) -> str:
         return DEFAULT_CAM
+
+    @property
+    def default_score(self) -> str:
+        return DEFAULT_SCORE
 
     @property
     def default_akd_border(self) -> str:

@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
                    help="also run Diffusion-CAM with no module, each module alone and all four (ablation table)")
     g.add_argument("--layer", type=int, nargs="+", default=None, help="hooked block(s) of gradient methods")
     g.add_argument("--state", choices=STATES, default=None, help="forward explained (default: each method's)")
-    g.add_argument("--score", choices=SCORES, default=None, help="score of gradient methods (default: logit)")
+    g.add_argument("--score", choices=SCORES, default=None, help="score of gradient methods (default: the model's)")
     g.add_argument("--cam", choices=CAM_FORMULAS, default=None,
                    help="Diffusion-CAM map formula (default: the model's; baselines keep their own)")
     g.add_argument("--sicd-mode", default=None, choices=("reference", "causal"), help="Diffusion-CAM SICD variant")

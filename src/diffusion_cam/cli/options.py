@@ -52,7 +52,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layer", type=int, nargs="+", default=None,
                    help="block index(es) to hook (negative allowed; several are averaged); default: the model's")
     g.add_argument("--state", choices=STATES, default="trajectory", help="forward to explain from (default: trajectory)")
-    g.add_argument("--score", choices=SCORES, default="logit", help="scalar differentiated per token (default: logit)")
+    g.add_argument("--score", choices=SCORES, default=None,
+                   help="scalar differentiated per token (default: the model's measured choice; logit, the method "
+                        "spec's, for other models)")
     g.add_argument("--cam", choices=CAM_FORMULAS, default=None,
                    help="map formula (default: the model's measured choice; poscam, the method spec's, for other models)")
     g.add_argument("--modules", nargs="*", default=list(ALL_MODULES), metavar="MODULE",

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-SCORES = ("logit", "logprob", "contrastive", "vocab_sum")
+SCORES = ("logit", "logprob", "logodds", "contrastive", "vocab_sum")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,12 @@ def target_scores(logits: torch.Tensor, targets: Sequence[Target], score: str = 
     if score == "logprob":
         rows = torch.log_softmax(rows, -1)
     picked = rows.gather(1, ids[:, None])[:, 0]
+    if score == "logodds":
+        # log p - log(1 - p), from the logits: logprob's gradient is (1 - p) times
+        # this one, which vanishes (or underflows in half precision) for a
+        # confident token although the direction -- all a map uses -- is fine
+        others = rows.scatter(1, ids[:, None], float("-inf"))
+        return picked - torch.logsumexp(others, -1)
     if score == "contrastive":
         if any(t.distractor_id is None for t in targets):
             raise ValueError("the contrastive score needs a distractor token for every target")

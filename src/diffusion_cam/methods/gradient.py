@@ -26,9 +26,10 @@ class GradientCAM(ExplanationMethod):
     name = "gradient-cam"
 
     def __init__(self, adapter, *, layer: int | Sequence[int] | None = None, state: str = "trajectory",
-                 score: str = "logit", cam: str | None = None, chunk_size: int | str = 16,
+                 score: str | None = None, cam: str | None = None, chunk_size: int | str = 16,
                  distractor: int | str | None = None, **kwargs: Any) -> None:
         super().__init__(adapter, **kwargs)
+        score = score or adapter.default_score
         if score not in SCORES:
             raise UnknownNameError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
         cam = cam or adapter.default_cam
