@@ -439,6 +439,22 @@ def test_degenerate_gradients_give_flagged_zero_maps(make, image):
     assert flagged and "no positive evidence" in str(flagged[0].message)
 
 
+def test_half_precision_logprob_names_its_vanishing_gradient_and_logodds_keeps_the_maps(files):
+    # in float16 the logprob gradient of a confident word underflows to zero; the warning says
+    # why and what to use, and the default log-odds score gives every word a map
+    half = dc.load_model(MODEL, dtype="float16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prob = dc.DiffusionCAM(half, score="logprob").explain(files / "ok.png", PROMPT)
+    flagged = [str(w.message) for w in caught if issubclass(w.category, errors.DegenerateMapWarning)]
+    assert any(prob.degenerate) and len(flagged) == sum(prob.degenerate)
+    assert all("score='logodds'" in m for m in flagged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", errors.DegenerateMapWarning)
+        odds = dc.DiffusionCAM(half).explain(files / "ok.png", PROMPT)
+    assert odds.tokens == prob.tokens and not any(odds.degenerate) and all(m.max() > 0 for m in odds.grid_maps)
+
+
 def test_cli_degenerate_map_is_a_warning_not_an_error(files, cli_results):
     res = cli_results["zero_gradients"]
     assert res.returncode == 0, res.stderr

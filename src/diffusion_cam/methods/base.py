@@ -157,6 +157,10 @@ class ExplanationMethod(ABC):
         raw = self.compute(run, indices)
         return self.build(run, indices, raw)
 
+    def degenerate_hint(self) -> str:
+        """Appended to the warning about an empty map: a setting of this method that can cause it."""
+        return ""
+
     def refine_grid_maps(self, run: Run, maps: np.ndarray, indices: list[int]) -> np.ndarray:
         """Apply the refinement modules to (K, h, w) raw maps of the tokens at ``indices``."""
         from ..refine import refine, refine_stack
@@ -183,7 +187,8 @@ class ExplanationMethod(ABC):
             if bad:
                 warnings.warn(
                     f"token {i} ({run.texts[i]!r}) has no positive evidence at the hooked layer "
-                    "(zero, constant or non-finite map, e.g. all-zero gradients): its map is reported as zeros",
+                    "(zero, constant or non-finite map, e.g. all-zero gradients): its map is reported as zeros"
+                    + self.degenerate_hint(),
                     DegenerateMapWarning, stacklevel=3,
                 )
         refined = [self.refine_grid_maps(run, m, indices) for m in raw.grid_maps]

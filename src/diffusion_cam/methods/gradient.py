@@ -48,6 +48,12 @@ class GradientCAM(ExplanationMethod):
                 "cam": self.cam, "chunk_size": self.chunk_size,
                 "distractor": self.distractor}
 
+    def degenerate_hint(self) -> str:
+        if self.score == "logprob":
+            return ("; the logprob score's gradient vanishes for a confident token (1 - p underflows, "
+                    "in half precision first): score='logodds' has the same direction without it")
+        return ""
+
     # ------------------------------------------------------------------ plan
     def forwards(self, run: Run, indices: list[int]) -> list[tuple[torch.Tensor, list[int]]]:
         """(input sequence, answer indices explained from it) for every forward to run."""
