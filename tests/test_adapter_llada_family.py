@@ -479,6 +479,20 @@ def test_dimple_end_to_end_with_shifted_logits():
     assert exp.raw_grid_maps.shape[1:] == (3, 5)
 
 
+def test_dimple_samples_with_its_confident_decoding():
+    shipped = spec_of("dimple").generation
+    assert shipped["schedule"] == "timestep" and shipped["threshold"] == 0.95
+    tok = WordTokenizer()
+    spec = tiny_spec("dimple", image={**spec_of("dimple").image, "image_token_id": IMG},
+                     generation={**shipped, "gen_length": 4, "block_length": 4, "steps": 4})
+    adapter = ConfigAdapter(spec, {"model": DimpleModel(), "tokenizer": tok, "processor": DimpleProcessor(tok)})
+    config = adapter.default_generation
+    assert (config.schedule, config.threshold) == ("timestep", 0.95)
+    exp = explain_twice(adapter, image(24, 40))
+    committed = sorted(p for step in exp.trajectory for p in step["committed"])
+    assert committed == list(range(len(committed))) and exp.raw_grid_maps.shape[1:] == (3, 5)
+
+
 def test_bfloat16_weights_keep_float32_maps():
     spec = tiny_spec("mmada", image={"rule": "vq_block", "shape": [4, 4], "offset": OFFSET, "before": [MMU, SOI], "after": [EOI]})
     adapter = ConfigAdapter(spec, {"model": IdsModel(), "tokenizer": WordTokenizer(), "vq_fn": fake_vq((4, 4))})

@@ -34,6 +34,23 @@ def test_explain_writes_result_maps_pictures_and_metrics(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
 
 
+def test_sampler_options_reach_generation_and_the_trajectory(tmp_path, capsys):
+    img = tmp_path / "img.png"
+    Image.fromarray(random_image(0)).save(img)
+    base = ["explain", str(img), "--prompt", "describe the image", "--model", "tiny-random", "--no-pictures"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*base, "--remasking", "margin", "--threshold", "0", "--out", str(tmp_path / "sure")]) == 0
+    plain = json.loads((tmp_path / "plain" / "result.json").read_text())
+    sure = json.loads((tmp_path / "sure" / "result.json").read_text())
+    assert plain["settings"]["generation"]["remasking"] == "low_confidence"
+    assert sure["settings"]["generation"]["remasking"] == "margin" and sure["settings"]["generation"]["threshold"] == 0
+    assert len(plain["trajectory"]) == len(plain["tokens"])  # one token per step
+    assert len(sure["trajectory"]) == 1  # every margin is above 0: one confident step commits all
+    capsys.readouterr()
+    assert main([*base, "--remasking", "entropy", "--threshold", "0.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "probability confidence" in capsys.readouterr().err
+
+
 def test_evaluate_scores_a_perfect_map_as_perfect(tiny, image):
     exp = dc.GradientCAM(tiny, layer=1, modules=()).explain(image, "describe the image", targets=[0])
     mask = np.zeros((48, 48), bool)

@@ -8,7 +8,7 @@ import diffusion_cam as dc
 from diffusion_cam.adapters.base import GenerationConfig
 from diffusion_cam.errors import InfeasibleStateError, LayerError, TargetError, UnknownNameError
 from diffusion_cam.extract import CAM_FORMULAS, Target, cam_from_grid, count_hooks, grid_gradients, target_scores
-from diffusion_cam.generation import llada_generate
+from diffusion_cam.generation import llada_generate, timestep_count
 
 PROMPT = "describe the image"
 
@@ -220,6 +220,70 @@ def test_block_wise_generation_commits_left_block_first(tiny, image):
     assert len(gen.steps) == 4
     assert all(p < 4 for s in gen.steps[:2] for p in s.committed)
     assert all(p >= 4 for s in gen.steps[2:] for p in s.committed)
+
+
+def test_timestep_schedule_counts_by_hand():
+    # 10 masks, 4 steps: grid 1, .75025, .5005, .25075, .001
+    assert timestep_count(10, 10, 0, 4) == 2  # int(10 * (1 - .75025))
+    assert timestep_count(8, 10, 1, 4) == 2  # t = .8: int(8 * (1 - .5005 / .8))
+    assert timestep_count(6, 10, 2, 4) == 3  # t = .6: int(6 * (1 - .25075 / .6))
+    assert timestep_count(1, 10, 3, 4) == 1  # the grid's end takes the rest
+    # 64 masks over 64 steps: the first grid point rounds to 0 tokens, the next to 1
+    assert timestep_count(64, 64, 0, 64) == 1
+    # after a confident step committed many, the count follows the share left
+    # (t = 5/64 = .078: the first grid point below it is index 60, .0634 -> 0 tokens; index 61, .0478 -> 1)
+    assert timestep_count(5, 64, 1, 64) == 1
+    assert timestep_count(0, 10, 2, 4) == 0
+
+
+def _replays(tiny, inputs, gen):
+    for step in gen.steps:
+        with torch.no_grad():
+            logits = tiny.forward(inputs, step.sequence[None])[0]
+        for p, tid in zip(step.committed, step.committed_ids):
+            assert int(logits[inputs.answer_start + p].argmax()) == tid
+
+
+@pytest.mark.parametrize("remasking", ["margin", "entropy"])
+def test_margin_and_entropy_confidences_complete_the_answer_and_replay(tiny, image, remasking):
+    inputs = tiny.prepare([image], PROMPT, 8)
+    gen = llada_generate(tiny, inputs, GenerationConfig(gen_length=8, remasking=remasking))
+    assert len(gen.steps) == 8 and sorted(p for st in gen.steps for p in st.committed) == list(range(8))
+    assert gen.answer_ids == llada_generate(tiny, inputs, GenerationConfig(gen_length=8, remasking=remasking)).answer_ids
+    _replays(tiny, inputs, gen)
+
+
+def test_confident_decoding_commits_everything_above_the_threshold(tiny, image):
+    inputs = tiny.prepare([image], PROMPT, 8)
+    # every prediction has a probability above 0: one step commits the whole canvas
+    once = llada_generate(tiny, inputs, GenerationConfig(gen_length=8, threshold=0.0))
+    assert len(once.steps) == 1 and once.steps[0].committed == list(range(8))
+    # nothing is that sure: the schedule decides, one token per step as without a threshold
+    plain = llada_generate(tiny, inputs, GenerationConfig(gen_length=8))
+    never = llada_generate(tiny, inputs, GenerationConfig(gen_length=8, threshold=0.999999))
+    assert [st.committed for st in never.steps] == [st.committed for st in plain.steps]
+    # in between: a step commits exactly the positions above the threshold, or the scheduled count
+    mid = llada_generate(tiny, inputs, GenerationConfig(gen_length=8, steps=8, threshold=0.2, schedule="timestep"))
+    assert sorted(p for st in mid.steps for p in st.committed) == list(range(8))
+    for st in mid.steps[:-1]:
+        with torch.no_grad():
+            probs = torch.softmax(tiny.forward(inputs, st.sequence[None])[0].float(), -1)
+        masked = [p for p in range(8) if int(st.sequence[inputs.answer_start + p]) == tiny.mask_token_id]
+        sure = [p for p in masked if float(probs[inputs.answer_start + p].max()) > 0.2]
+        assert st.committed == sure or (not sure and len(st.committed) >= 1)
+    _replays(tiny, inputs, mid)
+
+
+def test_sampler_options_are_checked(tiny, image):
+    inputs = tiny.prepare([image], PROMPT, 8)
+    with pytest.raises(ValueError, match="unknown remasking 'top_p'"):
+        llada_generate(tiny, inputs, GenerationConfig(gen_length=8, remasking="top_p"))
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+        llada_generate(tiny, inputs, GenerationConfig(gen_length=8, schedule="cosine"))
+    with pytest.raises(ValueError, match="probability confidence"):
+        llada_generate(tiny, inputs, GenerationConfig(gen_length=8, remasking="entropy", threshold=0.5))
+    with pytest.raises(ValueError, match=r"threshold 1.5 must lie in \[0, 1\)"):
+        llada_generate(tiny, inputs, GenerationConfig(gen_length=8, threshold=1.5))
 
 
 def test_diffusion_cam_refines_raw_maps_with_the_four_modules(tiny, image):

@@ -41,14 +41,67 @@ class GenerationResult:
         return self.steps[self.commit_step[position]]
 
 
+REMASKING = ("low_confidence", "margin", "entropy", "random")
+SCHEDULES = ("linear", "timestep")
+_TIMESTEP_EPS = 1e-3  # Dream / Dimple: the masked share runs from 1 down to eps
+
+
 def _split_evenly(n: int, parts: int) -> list[int]:
     base, extra = divmod(n, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+def timestep_count(n_masked: int, n_total: int, step: int, steps: int) -> int:
+    """Tokens to commit at ``step`` under the Dream / Dimple timestep schedule.
+
+    The grid is ``linspace(1, eps, steps + 1)``.  With ``t`` the share of the
+    canvas still masked, take the first grid point ``s`` below ``t`` (and not
+    before ``step + 1``) at which ``int(n_masked * (1 - s / t)) >= 1``; at the
+    grid's end everything left is committed.  The count follows the share
+    actually left, so it stays right after a confident step committed more
+    than the schedule asked.
+    """
+    if n_masked <= 0:
+        return 0
+    grid = np.linspace(1.0, _TIMESTEP_EPS, steps + 1)
+    t = n_masked / n_total
+    below = np.nonzero(grid < t)[0]
+    start = max(int(below.min()) if below.size else steps, step + 1)
+    for index in range(start, steps + 1):
+        if index == steps:
+            return n_masked
+        count = int(n_masked * (1 - grid[index] / t))
+        if count >= 1:
+            return count
+    return n_masked
+
+
+def _confidence(logits: torch.Tensor, pred: torch.Tensor, remasking: str, generator) -> torch.Tensor:
+    """Per-position confidence (float64) of the predicted tokens; higher commits first."""
+    if remasking == "random":
+        return torch.rand(logits.shape[0], generator=generator, dtype=torch.float64).to(logits.device)
+    probs = torch.softmax(logits, -1)
+    if remasking == "low_confidence":
+        conf = probs.gather(-1, pred[:, None])[:, 0]
+    elif remasking == "margin":
+        top = probs.topk(2, dim=-1).values
+        conf = top[:, 0] - top[:, 1]
+    else:  # entropy: a peaked distribution is a confident one
+        conf = (probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
+    return conf.double()
+
+
 @torch.no_grad()
 def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConfig) -> GenerationResult:
-    """Block-wise low-confidence remasking (LLaDA), greedy unless ``temperature > 0``."""
+    """Block-wise remasking (LLaDA), greedy unless ``temperature > 0``.
+
+    Each forward commits the masked positions of the current block with the
+    highest confidence: ``linear`` splits a block's masks evenly over its
+    steps (LLaDA), ``timestep`` follows the Dream / Dimple schedule, and a
+    ``threshold`` commits every position above it (Dimple's confident
+    decoding) whenever one is.  Confident steps can end a block early; the
+    last step of a block commits whatever is left.
+    """
     cfg = config.resolved()
     mask_id = adapter.mask_token_id
     if mask_id is None:
@@ -63,8 +116,16 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
     n_blocks = gen_len // block_len
     if steps <= 0 or steps % n_blocks:
         raise GenerationError(f"steps {steps} must be a positive multiple of the number of blocks ({n_blocks})")
-    if cfg.remasking not in ("low_confidence", "random"):
-        raise GenerationError(f"unknown remasking {cfg.remasking!r}; choose low_confidence or random")
+    if cfg.remasking not in REMASKING:
+        raise GenerationError(f"unknown remasking {cfg.remasking!r}; choose one of {', '.join(REMASKING)}")
+    if cfg.schedule not in SCHEDULES:
+        raise GenerationError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if cfg.threshold is not None:
+        if cfg.remasking not in ("low_confidence", "margin"):
+            raise GenerationError(f"a confidence threshold needs a probability confidence (low_confidence or margin), "
+                                  f"not {cfg.remasking!r}")
+        if not 0 <= cfg.threshold < 1:
+            raise GenerationError(f"threshold {cfg.threshold} must lie in [0, 1)")
     steps_per_block = steps // n_blocks
     generator = None
     if cfg.temperature > 0 or cfg.remasking == "random":
@@ -82,9 +143,19 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
     commit_step = [-1] * gen_len
     for b in range(n_blocks):
         lo, hi = a0 + b * block_len, a0 + (b + 1) * block_len
-        n_masked = int((x[lo:hi] == mask_id).sum())
-        for k in _split_evenly(n_masked, steps_per_block):
-            if k == 0:
+        n_block = int((x[lo:hi] == mask_id).sum())
+        linear = _split_evenly(n_block, steps_per_block)
+        for step in range(steps_per_block):
+            n_left = int((x[lo:hi] == mask_id).sum())
+            if n_left == 0:
+                break  # confident steps can finish a block early
+            if cfg.schedule == "linear":
+                k = min(linear[step], n_left)
+            else:
+                k = timestep_count(n_left, n_block, step, steps_per_block)
+            if step == steps_per_block - 1:
+                k = n_left
+            if k == 0 and cfg.threshold is None:
                 continue
             before = x.clone()
             logits = adapter.forward(inputs, x[None])[0].float()
@@ -95,14 +166,18 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
                 pred = gumbel.argmax(-1)
             else:
                 pred = logits.argmax(-1)
-            if cfg.remasking == "low_confidence":
-                conf = torch.softmax(logits, -1).gather(-1, pred[:, None])[:, 0].double()
-            else:
-                conf = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64).to(device)
+            conf = _confidence(logits, pred, cfg.remasking, generator)
             is_masked = x == mask_id
             conf[: lo] = -np.inf
             conf[hi:] = -np.inf
             conf = torch.where(is_masked, conf, torch.full_like(conf, -np.inf))
+            if cfg.threshold is not None and k < n_left:
+                # confident decoding: everything above the threshold, else the scheduled count
+                sure = int((conf > cfg.threshold).sum())
+                if sure:
+                    k = sure
+            if k == 0:
+                k = 1  # a forward always commits something
             # stable sort: ties commit the leftmost position, so runs are reproducible
             order = torch.sort(conf, descending=True, stable=True).indices[:k]
             x[order] = pred[order]

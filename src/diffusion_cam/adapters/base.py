@@ -21,7 +21,7 @@ Three layouts fit this protocol:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -88,13 +88,22 @@ class GenerationConfig:
     steps: int | None = None  # None: one token per step (steps = gen_length)
     block_length: int | None = None  # None: a single block (pure diffusion)
     temperature: float = 0.0
+    #: confidence that orders the masked positions: low_confidence (the token's
+    #: probability), margin (top-1 minus top-2 probability), entropy (minus the
+    #: entropy), random (needs a seed)
     remasking: str = "low_confidence"
     seed: int | None = None
+    #: confident decoding (Dimple): commit every masked position whose confidence
+    #: exceeds it; a step where none does commits the scheduled count
+    threshold: float | None = None
+    #: tokens per step: linear (LLaDA: a block's masks split evenly over its steps)
+    #: or timestep (Dream / Dimple: from the share still masked, on a 1 -> 1e-3 grid)
+    schedule: str = "linear"
 
     def resolved(self) -> "GenerationConfig":
         steps = self.gen_length if self.steps is None else self.steps
         block = self.gen_length if self.block_length is None else self.block_length
-        return GenerationConfig(self.gen_length, steps, block, self.temperature, self.remasking, self.seed)
+        return replace(self, steps=steps, block_length=block)
 
 
 class Adapter(ABC):

@@ -7,6 +7,7 @@ import argparse
 from ..adapters.base import STATES
 from ..extract import CAM_FORMULAS, SCORES
 from ..refine.akd import BORDERS as AKD_BORDERS
+from ..generation import REMASKING, SCHEDULES
 
 ALL_MODULES = ("akd", "dacg", "cba", "sicd")
 
@@ -73,6 +74,12 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block length")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 needs --seed")
     g.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    g.add_argument("--remasking", choices=REMASKING, default=None,
+                   help="confidence that orders the masked positions (default: the model's)")
+    g.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help="tokens per step: linear (LLaDA) or timestep (Dream/Dimple) (default: the model's)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="confident decoding: commit every position whose confidence exceeds it (default: the model's)")
 
 
 def method_kwargs(args: argparse.Namespace, adapter) -> dict:
@@ -88,6 +95,9 @@ def method_kwargs(args: argparse.Namespace, adapter) -> dict:
         block_length=args.block_length if args.block_length is not None else base.block_length,
         temperature=args.temperature,
         seed=args.seed,
+        remasking=args.remasking or base.remasking,
+        schedule=args.schedule or base.schedule,
+        threshold=args.threshold if args.threshold is not None else base.threshold,
     )
     layer = None if args.layer is None else (args.layer[0] if len(args.layer) == 1 else args.layer)
     return dict(layer=layer, state=args.state, score=args.score, cam=args.cam, modules=modules,
