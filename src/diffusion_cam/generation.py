@@ -155,8 +155,6 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
                 k = timestep_count(n_left, n_block, step, steps_per_block)
             if step == steps_per_block - 1:
                 k = n_left
-            if k == 0 and cfg.threshold is None:
-                continue
             before = x.clone()
             logits = adapter.forward(inputs, x[None])[0].float()
             if cfg.temperature > 0:
@@ -177,7 +175,8 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
                 if sure:
                     k = sure
             if k == 0:
-                k = 1  # a forward always commits something
+                # only after confident steps committed fewer than the linear split asked
+                k = 1
             # stable sort: ties commit the leftmost position, so runs are reproducible
             order = torch.sort(conf, descending=True, stable=True).indices[:k]
             x[order] = pred[order]
