@@ -125,6 +125,12 @@ class Adapter(ABC):
     #: hooked hidden state may be repeated K times to get K gradients in one
     #: batched backward.  False falls back to a vmapped vector-Jacobian product.
     batch_expand_safe: bool = False
+    #: Defaults of the explanation methods when none is given: the method spec's
+    #: map formula and score and the reference's AKD border; an adapter whose model
+    #: was measured (the built-in one) names its own choices.
+    default_cam: str = "poscam"
+    default_score: str = "logit"
+    default_akd_border: str = "reflect101"
 
     # ------------------------------------------------------------------ model
     @property
@@ -173,24 +179,6 @@ class Adapter(ABC):
             raise PromptError(
                 f"the input of {n_tokens} tokens ({image_tokens} of them image tokens) is above {self.family}'s "
                 f"context of {limit}; {hint}")
-
-    @property
-    def default_akd_border(self) -> str:
-        """AKD window border when none is given: the reference's ``reflect101``;
-        built-in adapters override with a measured choice."""
-        return "reflect101"
-
-    @property
-    def default_score(self) -> str:
-        """Score differentiated per token when none is given: the method spec's ``logit``;
-        built-in adapters override with a measured choice."""
-        return "logit"
-
-    @property
-    def default_cam(self) -> str:
-        """Map formula of Diffusion-CAM when none is given: the method spec's ``poscam``;
-        built-in adapters override with a measured choice."""
-        return "poscam"
 
     @property
     def default_generation(self) -> GenerationConfig:

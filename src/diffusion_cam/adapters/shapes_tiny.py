@@ -29,6 +29,9 @@ class ShapesTinyAdapter(Adapter):
     batch_expand_safe = True
     state_support = {"trajectory": None, "final": None}
     verified_on_real_weights = True
+    default_cam = DEFAULT_CAM
+    default_score = DEFAULT_SCORE
+    default_akd_border = DEFAULT_AKD_BORDER
 
     def __init__(self, model, name: str = "shapes-tiny") -> None:
         from ..models.shapes_tiny import tokenizer_for
@@ -57,18 +60,6 @@ class ShapesTinyAdapter(Adapter):
     @property
     def default_layer(self) -> int:
         return DEFAULT_LAYER if DEFAULT_LAYER < len(self.blocks()) else len(self.blocks()) // 2
-
-    @property
-    def default_cam(self) -> str:
-        return DEFAULT_CAM
-
-    @property
-    def default_score(self) -> str:
-        return DEFAULT_SCORE
-
-    @property
-    def default_akd_border(self) -> str:
-        return DEFAULT_AKD_BORDER
 
     @property
     def default_generation(self) -> GenerationConfig:
