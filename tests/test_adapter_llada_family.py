@@ -19,6 +19,7 @@ from torch import nn
 
 import diffusion_cam as dc
 from diffusion_cam.adapters import llada_family as fam
+from diffusion_cam.adapters.base import GenerationConfig
 from diffusion_cam.adapters.config_adapter import ConfigAdapter, FamilySpec, builtin_specs
 from diffusion_cam.errors import ExtractionError, PromptError
 
@@ -377,7 +378,11 @@ def test_llava_prompt_has_one_slot_per_feature():
     lay = fam.anyres_layout((40, 30), view_tokens=2, patch=16, pinpoints=[[16, 32], [32, 16], [32, 32]])
     assert ids.count(fam.IMAGE_SLOT) == lay.length
     start = ids.index(fam.IMAGE_SLOT)
-    assert tok.decode(ids[:start]) == "<|startoftext|> <|start_header_id|> user <|end_header_id|> \n \n"
+    # the system prompt of LLaDA-V's llava_llada conversation template comes first
+    assert tok.decode(ids[:start]) == (
+        "<|startoftext|> <|start_header_id|> system <|end_header_id|> \n \n You are a helpful language and vision "
+        "assistant. You are able to understand the visual content that the user provides, and assist the user "
+        "with a variety of tasks using natural language. <|eot_id|> <|start_header_id|> user <|end_header_id|> \n \n")
     base, crops = adapter.image_grids(inputs, inputs.input_ids)
     assert base.shape == (2, 2) and crops.shape == (lay.rows, lay.cols) and base.region == (0.0, 0.0, 40.0, 30.0)
 
@@ -491,6 +496,18 @@ def test_dimple_samples_with_its_confident_decoding():
     exp = explain_twice(adapter, image(24, 40))
     committed = sorted(p for step in exp.trajectory for p in step["committed"])
     assert committed == list(range(len(committed))) and exp.raw_grid_maps.shape[1:] == (3, 5)
+
+
+def test_llada_v_and_lavida_sample_as_released():
+    # LLaDA-V's demo: 128 tokens, one block, one token per step, four special tokens barred at masks
+    llada_v = spec_of("llada-v")
+    config = GenerationConfig(**llada_v.generation)  # what the adapter's default_generation builds
+    assert (config.gen_length, config.block_length, config.steps) == (128, 128, 128)
+    assert config.suppress_token_ids == (126081, 126080, 126346, 126347)
+    # LaViDa's demo: 64 tokens at step_ratio 0.5 on the shift schedule
+    config = GenerationConfig(**spec_of("lavida").generation)
+    assert (config.gen_length, config.steps, config.schedule, config.schedule_shift) == (64, 32, "shift", 3)
+    assert llada_v.prompt["template"].split("{image}")[0] == spec_of("lavida").prompt["template"].split("{image}")[0]
 
 
 def test_bfloat16_weights_keep_float32_maps():

@@ -182,13 +182,17 @@ def test_torchrun_two_processes_shard_items_and_merge_into_the_single_process_ta
     assert _main_rows(out) == _main_rows(reference)
 
 
-def test_cam_option_reaches_diffusion_cam_and_spares_the_baselines(tmp_path):
+def test_cam_and_sampler_options_reach_diffusion_cam_and_spare_the_baselines(tmp_path):
     out = tmp_path / "cam"
     args = ["bench", "--model", "tiny-random", "--items", "2", "--methods", "diffusion-cam", "gradcam",
-            "--cam", "layercam", "--akd-border", "symmetric", "--no-faithfulness", "--no-progress", "--out", str(out)]
+            "--cam", "layercam", "--akd-border", "symmetric", "--no-faithfulness", "--no-progress", "--out", str(out),
+            "--remasking", "margin", "--schedule", "cosine", "--steps", "4"]
     assert main(args) == 0
     options = json.loads((out / "bench.json").read_text())["method_options"]
     assert options["cam"] == "layercam" and options["akd_border"] == "symmetric"
+    # the sampler options reach the one generation every method explains
+    generation = options["generation"]
+    assert (generation["remasking"], generation["schedule"], generation["steps"]) == ("margin", "cosine", 4)
     records = read_records(out)
     assert {r["method"] for r in records} == {"diffusion-cam", "gradcam"}
     # Grad-CAM keeps its own formula instead of failing on the shared option

@@ -7,6 +7,7 @@ from PIL import Image
 
 import diffusion_cam as dc
 from diffusion_cam.cli import main
+from diffusion_cam.generation import curve_counts
 from diffusion_cam.testing import random_image
 
 
@@ -46,6 +47,13 @@ def test_sampler_options_reach_generation_and_the_trajectory(tmp_path, capsys):
     assert sure["settings"]["generation"]["remasking"] == "margin" and sure["settings"]["generation"]["threshold"] == 0
     assert len(plain["trajectory"]) == len(plain["tokens"])  # one token per step
     assert len(sure["trajectory"]) == 1  # every margin is above 0: one confident step commits all
+    # LaViDa's shift schedule over 4 steps: the committed counts follow its curve
+    assert main([*base, "--steps", "4", "--schedule", "shift", "--schedule-shift", "2", "--out", str(tmp_path / "shift")]) == 0
+    shift = json.loads((tmp_path / "shift" / "result.json").read_text())
+    assert shift["settings"]["generation"]["schedule"] == "shift"
+    assert shift["settings"]["generation"]["schedule_shift"] == 2
+    n = shift["settings"]["generation"]["gen_length"]
+    assert [len(step["committed"]) for step in shift["trajectory"]] == curve_counts(n, 4, "shift", 2.0)
     capsys.readouterr()
     assert main([*base, "--remasking", "entropy", "--threshold", "0.5", "--out", str(tmp_path / "bad")]) == 2
     assert "probability confidence" in capsys.readouterr().err

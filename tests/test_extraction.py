@@ -8,7 +8,7 @@ import diffusion_cam as dc
 from diffusion_cam.adapters.base import GenerationConfig
 from diffusion_cam.errors import InfeasibleStateError, LayerError, TargetError, UnknownNameError
 from diffusion_cam.extract import CAM_FORMULAS, Target, cam_from_grid, count_hooks, grid_gradients, target_scores
-from diffusion_cam.generation import llada_generate, timestep_count
+from diffusion_cam.generation import curve_counts, llada_generate, timestep_count
 
 PROMPT = "describe the image"
 
@@ -236,6 +236,46 @@ def test_timestep_schedule_counts_by_hand():
     assert timestep_count(0, 10, 2, 4) == 0
 
 
+def test_lavida_curve_schedules_by_hand():
+    # 10 masks, 4 steps, t = 0, .25, .5, .75, 1; the increments of int(10 * share(t)) are reversed
+    # shift 3: share 3t / (1 + 2t) = 0, .5, .75, .9, 1 -> 0, 5, 7, 9, 10 -> 5, 2, 2, 1
+    assert curve_counts(10, 4, "shift") == [1, 2, 2, 5]
+    # cosine: (1 - cos(pi t)) / 2 = 0, .146, .5, .854, 1 -> 0, 1, 5, 8, 10 -> 1, 4, 3, 2
+    assert curve_counts(10, 4, "cosine") == [2, 3, 4, 1]
+    # logit_normal: Phi(logit t) = 0, .136, .5, .864, 1 -> the same floors as cosine here
+    assert curve_counts(10, 4, "logit_normal") == [2, 3, 4, 1]
+    # shift 1 is the straight line
+    assert curve_counts(10, 4, "shift", shift=1.0) == [3, 2, 3, 2]
+    # 4 masks, cosine: floors 0, 0, 2, 3, 4 -> 0, 2, 1, 1; the empty step gets one token and
+    # the excess comes off the first step with more than one
+    assert curve_counts(4, 4, "cosine") == [1, 1, 1, 1]
+    # more steps than masks: one token per step, as many steps as masks
+    assert curve_counts(3, 8, "shift") == [1, 1, 1]
+    for schedule in ("shift", "cosine", "logit_normal"):
+        for n in (1, 7, 64, 129):
+            counts = curve_counts(n, 32, schedule)
+            assert sum(counts) == n and min(counts) >= 1 and len(counts) == min(n, 32)
+
+
+@pytest.mark.parametrize("schedule", ["shift", "cosine", "logit_normal"])
+def test_curve_schedules_commit_their_counts_and_replay(tiny, image, schedule):
+    inputs = tiny.prepare([image], PROMPT, 8)
+    gen = llada_generate(tiny, inputs, GenerationConfig(gen_length=8, steps=4, schedule=schedule))
+    assert [len(st.committed) for st in gen.steps] == curve_counts(8, 4, schedule)
+    assert sorted(p for st in gen.steps for p in st.committed) == list(range(8))
+    _replays(tiny, inputs, gen)
+
+
+def test_suppressed_tokens_are_never_proposed(tiny, image):
+    inputs = tiny.prepare([image], PROMPT, 8)
+    plain = llada_generate(tiny, inputs, GenerationConfig(gen_length=8))
+    banned = sorted(set(plain.answer_ids))[:2]
+    gen = llada_generate(tiny, inputs, GenerationConfig(gen_length=8, suppress_token_ids=banned))
+    assert gen.config.suppress_token_ids == tuple(banned)
+    assert not set(gen.answer_ids) & set(banned)
+    assert sorted(p for st in gen.steps for p in st.committed) == list(range(8))
+
+
 def _replays(tiny, inputs, gen):
     for step in gen.steps:
         with torch.no_grad():
@@ -278,8 +318,8 @@ def test_sampler_options_are_checked(tiny, image):
     inputs = tiny.prepare([image], PROMPT, 8)
     with pytest.raises(ValueError, match="unknown remasking 'top_p'"):
         llada_generate(tiny, inputs, GenerationConfig(gen_length=8, remasking="top_p"))
-    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
-        llada_generate(tiny, inputs, GenerationConfig(gen_length=8, schedule="cosine"))
+    with pytest.raises(ValueError, match="unknown schedule 'sigmoid'"):
+        llada_generate(tiny, inputs, GenerationConfig(gen_length=8, schedule="sigmoid"))
     with pytest.raises(ValueError, match="probability confidence"):
         llada_generate(tiny, inputs, GenerationConfig(gen_length=8, remasking="entropy", threshold=0.5))
     with pytest.raises(ValueError, match=r"threshold 1.5 must lie in \[0, 1\)"):

@@ -42,7 +42,7 @@ class GenerationResult:
 
 
 REMASKING = ("low_confidence", "margin", "entropy", "random")
-SCHEDULES = ("linear", "timestep")
+SCHEDULES = ("linear", "timestep", "shift", "cosine", "logit_normal")
 _TIMESTEP_EPS = 1e-3  # Dream / Dimple: the masked share runs from 1 down to eps
 
 
@@ -74,6 +74,42 @@ def timestep_count(n_masked: int, n_total: int, step: int, steps: int) -> int:
         if count >= 1:
             return count
     return n_masked
+
+
+def _committed_share(schedule: str, t: torch.Tensor, shift: float) -> torch.Tensor:
+    """LaViDa's curves from time ``t`` in [0, 1] to the share of the block committed."""
+    if schedule == "shift":
+        return shift * t / (1 + (shift - 1) * t)
+    if schedule == "cosine":
+        return 1 - 0.5 * (1 + torch.cos(torch.pi * t))
+    # logit_normal: the standard normal CDF of logit(t); t = 0 and 1 map to 0 and 1
+    return 0.5 * (1 + torch.erf(torch.log(t / (1 - t)) / np.sqrt(2.0)))
+
+
+def curve_counts(n_masked: int, steps: int, schedule: str, shift: float = 3.0) -> list[int]:
+    """Per-step token counts of LaViDa's ``shift`` / ``cosine`` / ``logit_normal`` schedules.
+
+    With ``s = min(steps, n_masked)`` steps on the grid ``t = i / s`` (float32,
+    as LaViDa computes it), step ``i`` gets ``int(n * share(t_{i+1})) -
+    int(n * share(t_i))`` tokens, at least one.  The floor can overshoot
+    ``n``; the excess is taken back one token at a time, cycling from the
+    first step over the steps that have more than one.  The list is then
+    reversed: the curve's last (largest for ``shift``) increments come first
+    in LaViDa's order, its first ones last.
+    """
+    if n_masked <= 0:
+        return []
+    s = min(steps, n_masked)
+    share = _committed_share(schedule, torch.linspace(0, 1, s + 1), shift)
+    cumulative = (share * n_masked).to(torch.int64).tolist()
+    counts = [max(b - a, 1) for a, b in zip(cumulative[:-1], cumulative[1:])]
+    excess, j = sum(counts) - n_masked, 0
+    while excess > 0:
+        if counts[j % s] > 1:
+            counts[j % s] -= 1
+            excess -= 1
+        j += 1
+    return counts[::-1]
 
 
 def _confidence(logits: torch.Tensor, pred: torch.Tensor, remasking: str, generator) -> torch.Tensor:
@@ -144,19 +180,25 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
     for b in range(n_blocks):
         lo, hi = a0 + b * block_len, a0 + (b + 1) * block_len
         n_block = int((x[lo:hi] == mask_id).sum())
-        linear = _split_evenly(n_block, steps_per_block)
+        if cfg.schedule in ("linear", "timestep"):
+            planned = _split_evenly(n_block, steps_per_block)
+        else:
+            planned = curve_counts(n_block, steps_per_block, cfg.schedule, cfg.schedule_shift)
         for step in range(steps_per_block):
             n_left = int((x[lo:hi] == mask_id).sum())
             if n_left == 0:
                 break  # confident steps can finish a block early
-            if cfg.schedule == "linear":
-                k = min(linear[step], n_left)
-            else:
+            if cfg.schedule == "timestep":
                 k = timestep_count(n_left, n_block, step, steps_per_block)
+            else:
+                k = min(planned[step] if step < len(planned) else n_left, n_left)
             if step == steps_per_block - 1:
                 k = n_left
             before = x.clone()
             logits = adapter.forward(inputs, x[None])[0].float()
+            is_masked = x == mask_id
+            if cfg.suppress_token_ids:
+                logits[is_masked.nonzero()[:, 0][:, None], list(cfg.suppress_token_ids)] = -np.inf
             if cfg.temperature > 0:
                 # Gumbel-max in float64, as LLaDA does, from a seeded generator
                 u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).to(device)
@@ -165,7 +207,6 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
             else:
                 pred = logits.argmax(-1)
             conf = _confidence(logits, pred, cfg.remasking, generator)
-            is_masked = x == mask_id
             conf[: lo] = -np.inf
             conf[hi:] = -np.inf
             conf = torch.where(is_masked, conf, torch.full_like(conf, -np.inf))

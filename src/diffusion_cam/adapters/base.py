@@ -96,9 +96,19 @@ class GenerationConfig:
     #: confident decoding (Dimple): commit every masked position whose confidence
     #: exceeds it; a step where none does commits the scheduled count
     threshold: float | None = None
-    #: tokens per step: linear (LLaDA: a block's masks split evenly over its steps)
-    #: or timestep (Dream / Dimple: from the share still masked, on a 1 -> 1e-3 grid)
+    #: tokens per step: linear (LLaDA: a block's masks split evenly over its steps),
+    #: timestep (Dream / Dimple: from the share still masked, on a 1 -> 1e-3 grid),
+    #: or LaViDa's shift / cosine / logit_normal curves of the committed share
     schedule: str = "linear"
+    #: the ``shift`` schedule's factor (LaViDa's default 3: few tokens first, many last)
+    schedule_shift: float = 3.0
+    #: token ids never proposed at a masked position (LLaDA-V: end-of-text,
+    #: start-of-text and the header tokens), so answers cannot fill up with them
+    suppress_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        # family files give a JSON list; a tuple keeps the frozen config hashable
+        object.__setattr__(self, "suppress_token_ids", tuple(int(i) for i in self.suppress_token_ids))
 
     def resolved(self) -> "GenerationConfig":
         steps = self.gen_length if self.steps is None else self.steps

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 from ..adapters.base import STATES
 from ..extract import CAM_FORMULAS, SCORES
-from .options import AKD_BORDERS, _kernel, add_model_options
+from .options import AKD_BORDERS, _kernel, add_generation_options, add_model_options
 
 
 def add_parser(sub) -> None:
@@ -47,8 +46,6 @@ def add_parser(sub) -> None:
     g.add_argument("--akd-border", default=None, choices=AKD_BORDERS,
                    help="Diffusion-CAM AKD window border (default: the model's)")
     g.add_argument("--chunk-size", type=int, default=None, help="tokens per batched backward")
-    g.add_argument("--gen-length", type=int, default=None, help="answer canvas length (default: the model's)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     g = p.add_argument_group("scoring and output")
     g.add_argument("--no-faithfulness", action="store_true", help="skip deletion / insertion (the slowest metric)")
     g.add_argument("--blur-sigma", type=float, default=None, help="blur of removed patches (default: side / 10)")
@@ -58,6 +55,7 @@ def add_parser(sub) -> None:
                         "(report gallery; about 0.3 MB per item and method)")
     g.add_argument("--retry-failed", action="store_true", help="on resume, run failed items again")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_generation_options(p, sampling=False)  # --seed is the scene seed here; sampling stays greedy
     add_model_options(p)
     p.set_defaults(run=run)
 
@@ -95,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..evaluation import BenchConfig, dist_env, method_specs, run_bench, write_tables
     from .explain import prepare_output
-    from .options import load_adapter
+    from .options import generation_config, load_adapter
 
     if args.merge:
         tables = write_tables(Path(args.out))
@@ -108,9 +106,7 @@ def run(args: argparse.Namespace) -> int:
         args.device = f"cuda:{local}"  # one GPU per process
     adapter = load_adapter(args)
     dataset = _dataset(args)
-    base = adapter.default_generation
-    generation = replace(base, gen_length=args.gen_length or base.gen_length,
-                         steps=args.steps if args.steps is not None else base.steps)
+    generation = generation_config(args, adapter)
     layer = None if args.layer is None else (args.layer[0] if len(args.layer) == 1 else args.layer)
     specs, rows = method_specs(args.methods, args.ablation)
     config = BenchConfig(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
-from ..adapters.base import STATES
+from ..adapters.base import STATES, GenerationConfig
 from ..extract import CAM_FORMULAS, SCORES
 from ..refine.akd import BORDERS as AKD_BORDERS
 from ..generation import REMASKING, SCHEDULES
@@ -68,37 +69,44 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distractor", default=None, help="word contrasted against, for --score contrastive")
     g.add_argument("--chunk-size", type=_chunk, default=16,
                    help="tokens per batched backward, or 'auto' to fit the device's free memory (default: 16)")
+    add_generation_options(p)
+
+
+def add_generation_options(p: argparse.ArgumentParser, sampling: bool = True) -> None:
+    """Sampler options; ``sampling=False`` leaves out temperature and seed (bench: greedy only)."""
     g = p.add_argument_group("generation")
     g.add_argument("--gen-length", type=int, default=None, help="answer canvas length (default: the model's)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: one token per step)")
-    g.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block length")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 needs --seed")
-    g.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    g.add_argument("--block-length", type=int, default=None,
+                   help="semi-autoregressive block length (default: the model's)")
+    if sampling:
+        g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 needs --seed")
+        g.add_argument("--seed", type=int, default=None, help="seed for sampling")
     g.add_argument("--remasking", choices=REMASKING, default=None,
                    help="confidence that orders the masked positions (default: the model's)")
     g.add_argument("--schedule", choices=SCHEDULES, default=None,
-                   help="tokens per step: linear (LLaDA) or timestep (Dream/Dimple) (default: the model's)")
+                   help="tokens per step: linear (LLaDA), timestep (Dream/Dimple), or LaViDa's shift, cosine, "
+                        "logit_normal (default: the model's)")
+    g.add_argument("--schedule-shift", type=float, default=None,
+                   help="factor of the shift schedule (default: the model's, else 3)")
     g.add_argument("--threshold", type=float, default=None,
                    help="confident decoding: commit every position whose confidence exceeds it (default: the model's)")
 
 
+def generation_config(args: argparse.Namespace, adapter) -> GenerationConfig:
+    """The adapter's default sampler with the options the user gave."""
+    base = adapter.default_generation
+    given = {name: getattr(args, name, None) for name in
+             ("gen_length", "steps", "block_length", "remasking", "schedule", "schedule_shift", "threshold")}
+    if hasattr(args, "temperature"):
+        given.update(temperature=args.temperature, seed=args.seed)
+    return replace(base, **{name: value for name, value in given.items() if value is not None})
+
+
 def method_kwargs(args: argparse.Namespace, adapter) -> dict:
     """Keyword arguments of :func:`diffusion_cam.get_method` from parsed options."""
-    from dataclasses import replace
-
     modules = [] if args.modules in (["none"], ["None"]) else list(args.modules)
-    base = adapter.default_generation
-    generation = replace(
-        base,
-        gen_length=args.gen_length or base.gen_length,
-        steps=args.steps if args.steps is not None else base.steps,
-        block_length=args.block_length if args.block_length is not None else base.block_length,
-        temperature=args.temperature,
-        seed=args.seed,
-        remasking=args.remasking or base.remasking,
-        schedule=args.schedule or base.schedule,
-        threshold=args.threshold if args.threshold is not None else base.threshold,
-    )
+    generation = generation_config(args, adapter)
     layer = None if args.layer is None else (args.layer[0] if len(args.layer) == 1 else args.layer)
     return dict(layer=layer, state=args.state, score=args.score, cam=args.cam, modules=modules,
                 sicd_mode=args.sicd_mode, akd_kernel=args.akd_kernel, akd_border=args.akd_border,
