@@ -166,6 +166,18 @@ def test_targets_by_index_and_word(tiny, image):
         dc.GradientCAM(tiny, layer=1, modules=()).explain(image, PROMPT, targets=["zebra"])
 
 
+def test_a_word_split_into_subwords_is_one_target(tiny, image, monkeypatch):
+    full = dc.GradientCAM(tiny, layer=1, modules=()).explain(image, PROMPT)
+    n = len(full.tokens)
+    assert n >= 3
+    # the same answer as a subword tokenizer would spell it: tokens 1 and 2 form one word
+    texts = ["a", " gir", "affe"] + [f" w{i}" for i in range(3, n)]
+    monkeypatch.setattr(type(tiny), "decode", lambda self, ids: texts[: len(ids)])
+    exp = dc.GradientCAM(tiny, layer=1, modules=()).explain(image, PROMPT, targets="giraffe")
+    assert exp.token_indices == [1, 2] and exp.words() == [("giraffe", [0, 1])]
+    np.testing.assert_allclose(exp.raw_grid_maps, full.raw_grid_maps[[1, 2]], atol=1e-6)
+
+
 def test_bad_layer_state_and_names(tiny):
     with pytest.raises(LayerError, match="layer 7 is out of range.*4 blocks"):
         dc.GradientCAM(tiny, layer=7)

@@ -98,6 +98,30 @@ def test_ambiguous_word_lists_the_answer():
     assert e.overlay(3).shape == e.image.shape
 
 
+def test_words_split_into_subwords_have_one_map():
+    # byte-level BPE texts: a leading space opens a word, "gir" + "affe" is one word
+    e = make_explanation(("a", " gir", "affe", " eats", ","))
+    assert e.words() == [("a", [0]), ("giraffe", [1, 2]), ("eats", [3])]
+    mean = (e.maps[1] + e.maps[2]) / 2
+    np.testing.assert_allclose(e.map("giraffe"), mean / mean.max(), rtol=1e-6)
+    np.testing.assert_allclose(e.map("Giraffe", raw=True), (e.raw_maps[1] + e.raw_maps[2]).clip(0) /
+                               (e.raw_maps[1] + e.raw_maps[2]).max(), rtol=1e-6)
+    assert e.overlay("giraffe").shape == e.image.shape
+    np.testing.assert_array_equal(e.map("affe"), e.maps[2])  # a token's own text still means that token
+    assert e.to_dict()["words"][1] == {"word": "giraffe", "rows": [1, 2]}
+    with pytest.raises(TargetError, match="'zebra' is not in the answer"):
+        e.map("zebra")
+    twice = make_explanation((" gir", "affe", " and", " gir", "affe"))
+    with pytest.raises(TargetError, match=r"'giraffe' occurs 2 times.*\[\[0, 1\], \[3, 4\]\]"):
+        twice.map("giraffe")
+
+
+def test_words_of_a_partial_explanation_keep_only_explained_rows():
+    e = make_explanation((" gir", "affe"))
+    e.answer_tokens, e.token_indices = [" a", " gir", "affe", " runs"], [2, 3]
+    assert e.words() == [("giraffe", [0]), ("runs", [1])]
+
+
 # ------------------------------------------------------------- save / load
 def test_save_load_round_trip_is_exact(exp, tmp_path):
     exp.save(tmp_path / "a")

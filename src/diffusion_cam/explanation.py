@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputError, TargetError
+from .words import group_words, normalize
 
 RESULT_FILE = "result.json"
 MAPS_FILE = "maps.npz"
@@ -83,9 +84,36 @@ class Explanation:
             raise TargetError(f"word {token!r} occurs {len(hits)} times in the answer (rows {hits}); pick one by index: {words}")
         raise TargetError(f"a token is addressed by index or word, not {type(token).__name__}")
 
+    def words(self) -> list[tuple[str, list[int]]]:
+        """The explained tokens grouped into words: ``(word, rows of maps)``.
+
+        A subword tokenizer splits rare words into several tokens (a leading
+        space or word-start marker opens a word); a word-level tokenizer
+        gives one row per word.  Punctuation is left out.
+        """
+        texts = self.answer_tokens or self.tokens
+        positions = self.token_indices if self.answer_tokens else list(range(len(self.tokens)))
+        row_of = {int(p): r for r, p in enumerate(positions)}
+        grouped = [(w, [row_of[i] for i in idx if i in row_of]) for w, idx in group_words(texts)]
+        return [(w, rows) for w, rows in grouped if rows]
+
     def map(self, token: int | str, raw: bool = False) -> np.ndarray:
-        """The (H, W) map of one token."""
-        return (self.raw_maps if raw else self.maps)[self.index_of(token)]
+        """The (H, W) map of one token, by row index or text.
+
+        A text that is no single token but a word split into subwords gives
+        the mean of its tokens' maps, scaled to a maximum of 1.
+        """
+        maps = self.raw_maps if raw else self.maps
+        if isinstance(token, str) and not any(t.strip().lower() == token.strip().lower() for t in self.tokens):
+            hits = [rows for w, rows in self.words() if w == normalize(token)]
+            if len(hits) > 1:
+                raise TargetError(f"word {token!r} occurs {len(hits)} times in the answer (rows {hits}); "
+                                  "pick a token by index")
+            if hits:
+                mean = maps[hits[0]].mean(axis=0)
+                top = float(mean.max())
+                return (mean / top if top > 0 else mean).astype(np.float32)
+        return maps[self.index_of(token)]
 
     # --------------------------------------------------------------- pictures
     def overlay(self, token: int | str, cmap: str = "jet", alpha: float = 0.5, raw: bool = False) -> np.ndarray:
@@ -150,6 +178,7 @@ class Explanation:
                 }
                 for i, (text, tid, idx, step) in enumerate(zip(self.tokens, self.token_ids, self.token_indices, self.steps))
             ],
+            "words": [{"word": w, "rows": rows} for w, rows in self.words()],
             "trajectory": self.trajectory,
             "metrics": self.metrics,
         }

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from typing import Iterable, Sequence
+
+from ..words import group_words, normalize  # noqa: F401  (group_words is part of this module's interface)
 
 #: Closed-class words TAM counts as function words (its NLTK tags CC, DT, EX, MD,
 #: POS, PRP, PRP$, UH, WDT, WP, WP$, WRB), as a fixed list so no tagger is needed.
@@ -19,43 +20,9 @@ oh uh um wow yes
 which what who whom whose where when why how whatever whichever whoever
 """.split())
 
-_SPACE = (" ", "\u2581", "\u0120", "\t", "\n")  # plain, SentencePiece and byte-level BPE word starts
 _IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
               "teeth": "tooth", "feet": "foot", "geese": "goose", "oxen": "ox", "knives": "knife",
               "leaves": "leaf", "shelves": "shelf", "calves": "calf", "skis": "ski"}
-
-
-def normalize(word: str) -> str:
-    """Lower case without surrounding punctuation or word-start markers."""
-    return re.sub(r"^[^\w']+|[^\w']+$", "", word.replace("\u2581", " ").replace("\u0120", " ").strip().lower())
-
-
-def group_words(texts: Sequence[str]) -> list[tuple[str, list[int]]]:
-    """Group answer tokens into words: ``(normalised word, token indices)``.
-
-    With a subword tokenizer a token that starts with a space (or a
-    SentencePiece / byte-level word-start marker) opens a new word; with a
-    word-level tokenizer (no token carries such a marker) every token is a
-    word.  Punctuation-only tokens close the current word and are dropped.
-    """
-    marked = any(t[:1] in _SPACE for t in texts[1:] if t)
-    words: list[tuple[str, list[int]]] = []
-    current, idx = "", []
-    for i, text in enumerate(texts):
-        starts = (not marked) or text[:1] in _SPACE or not current
-        if not normalize(text):  # empty or punctuation-only
-            if current:
-                words.append((normalize(current), idx))
-            current, idx = "", []
-            continue
-        if starts and current:
-            words.append((normalize(current), idx))
-            current, idx = "", []
-        current += text
-        idx.append(i)
-    if current:
-        words.append((normalize(current), idx))
-    return [(w, ix) for w, ix in words if w]
 
 
 def singular_forms(word: str) -> list[str]:

@@ -21,6 +21,7 @@ from ..extract import place_maps
 from ..generation import GenerationResult
 from ..io import load_image
 from ..refine.akd import BORDERS as AKD_BORDERS
+from ..words import find_word
 
 
 @dataclass
@@ -138,7 +139,8 @@ class ExplanationMethod(ABC):
         chosen: list[int] = []
         for target in targets:
             if isinstance(target, str):
-                hits = [i for i, t in enumerate(run.texts) if t.strip().lower() == target.strip().lower()]
+                # a token with that text, else every token of a word split into subwords
+                hits = [i for occurrence in find_word(run.texts, target) for i in occurrence]
                 if not hits:
                     raise TargetError(f"target word {target!r} is not in the answer {run.adapter.join(run.texts)!r}; its tokens are {words}")
                 chosen.extend(hits)
