@@ -200,6 +200,18 @@ def test_cam_and_sampler_options_reach_diffusion_cam_and_spare_the_baselines(tmp
     assert any(r["status"] == "ok" for r in records)
 
 
+def test_mean_colour_replacement_is_recorded_and_changes_the_curves(tmp_path, reference):
+    out = tmp_path / "mean"
+    assert main(ARGS[:4] + ["2", *ARGS[5:], "--replacement", "mean", "--out", str(out)]) == 0
+    assert json.loads((out / "bench.json").read_text())["faithfulness"]["replacement"] == "mean"
+    assert "replacement" not in json.loads((reference / "bench.json").read_text())["faithfulness"]
+    mean = {(r["item"], r["method"]): r for r in read_records(out)}
+    blur = {(r["item"], r["method"]): r for r in read_records(reference)}
+    units = [(u, blur[key]["units"][i]) for key, r in mean.items() for i, u in enumerate(r.get("units", []))]
+    assert units and all(u["obj_iou"] == b["obj_iou"] for u, b in units)  # same maps
+    assert any(u["deletion_auc"] != b["deletion_auc"] for u, b in units)  # other removed patches
+
+
 def test_processes_probing_one_output_directory_at_once_do_not_trip_each_other(tmp_path):
     # every rank of a data-parallel run checks that --out is writable at the same moment
     from concurrent.futures import ThreadPoolExecutor

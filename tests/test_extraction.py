@@ -374,6 +374,22 @@ def _minmax(h):
     return (h - lo) / (hi - lo + 1e-8)
 
 
+def _gradcam_pp_weights(acts, grads):
+    # w_c = sum_ij alpha_ijc relu(g_ijc), alpha = g^2 / (2 g^2 + sum_ab A_abc g^3), one channel at a time
+    k, h, w, d = grads.shape
+    weights = np.zeros((k, d))
+    for t in range(k):
+        for c in range(d):
+            total = acts[:, :, c].sum()
+            for i in range(h):
+                for j in range(w):
+                    g = grads[t, i, j, c]
+                    den = 2 * g**2 + total * g**3
+                    alpha = g**2 / den if den != 0 else 0.0
+                    weights[t, c] += alpha * max(g, 0.0)
+    return weights
+
+
 def test_map_formulas_match_their_definitions():
     rng = np.random.default_rng(0)
     acts = rng.normal(2.0, 1.0, (4, 5, 8))  # positive offset, as the built-in model's background tokens
@@ -386,6 +402,8 @@ def test_map_formulas_match_their_definitions():
         "poscam-centred": np.einsum("kd,hwd->khw", pos_g.mean(axis=(1, 2)), np.maximum(centred, 0)) / 8,
         "layercam": np.einsum("khwd,hwd->khw", pos_g, np.maximum(centred, 0)) / 8,
         "taylor": np.maximum(np.einsum("khwd,hwd->khw", grads, centred), 0),
+        "hirescam": np.maximum(np.einsum("khwd,hwd->khw", grads, acts), 0),
+        "gradcam++": np.maximum(np.einsum("kd,hwd->khw", _gradcam_pp_weights(acts, grads), acts), 0),
     }
     assert set(expected) == set(CAM_FORMULAS)
     for name, h in expected.items():

@@ -7,7 +7,8 @@ from torch import nn
 
 from diffusion_cam.adapters.base import Adapter, ImageGrid, ModelInputs
 from diffusion_cam.metrics.faithfulness import (
-    FRACTIONS, PerturbationTarget, _cells, auc, blurred, deletion_insertion, patch_order, patch_scores, perturbed_images)
+    FRACTIONS, PerturbationTarget, _cells, auc, blurred, deletion_insertion, patch_order, patch_scores, perturbed_images,
+    replacement_image)
 
 SIZE, GRID = 32, 4
 
@@ -97,6 +98,24 @@ def test_a_map_on_the_evidence_deletes_faster_and_inserts_faster_than_one_off_it
     # the evidence is 4 of 16 patches: with the right map it is gone after 30 % (fractions round to 25 % + 1 patch)
     assert rg.deletion[3] == pytest.approx(rg.deletion[-1], abs=0.02)
     assert len(rg.deletion) == len(rg.insertion) == 11
+
+
+def test_mean_colour_replacement_removes_the_evidence_too():
+    img = _image()
+    # 1/4 of the pixels at 250, 3/4 at 30: mean 85 in every channel
+    np.testing.assert_array_equal(replacement_image(img, "mean"), np.full_like(img, 85))
+    np.testing.assert_array_equal(replacement_image(img, "blur", 3.0), blurred(img, 3.0))
+    with pytest.raises(ValueError, match="unknown replacement 'noise'"):
+        replacement_image(img, "noise")
+    good, bad = _maps()
+    adapter = RegionModel()
+    cache: dict = {}
+    rg, rb = _curves(adapter, [good, bad], replacement="mean", cache=cache)
+    assert rg.deletion_auc < rb.deletion_auc - 0.2 and rg.insertion_auc > rb.insertion_auc + 0.2
+    # a blur run on the same cache forwards its own images instead of reusing the mean ones
+    (blur_run,) = _curves(adapter, [good], cache=cache)
+    assert blur_run.deletion[-1] != pytest.approx(rg.deletion[-1])
+    assert {key[3] for key in cache} == {("mean", None), ("blur", SIZE / 2)}
 
 
 def test_perturbations_are_batched_in_one_forward_and_equal_single_forwards():

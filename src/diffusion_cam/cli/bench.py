@@ -6,6 +6,7 @@ import argparse
 
 from ..adapters.base import STATES
 from ..extract import CAM_FORMULAS, SCORES
+from ..metrics.faithfulness import REPLACEMENTS
 from .options import AKD_BORDERS, _kernel, add_generation_options, add_model_options
 
 
@@ -48,6 +49,8 @@ def add_parser(sub) -> None:
     g.add_argument("--chunk-size", type=int, default=None, help="tokens per batched backward")
     g = p.add_argument_group("scoring and output")
     g.add_argument("--no-faithfulness", action="store_true", help="skip deletion / insertion (the slowest metric)")
+    g.add_argument("--replacement", choices=REPLACEMENTS, default="blur",
+                   help="what removed patches show in deletion / insertion: a blurred copy (default) or the mean colour")
     g.add_argument("--blur-sigma", type=float, default=None, help="blur of removed patches (default: side / 10)")
     g.add_argument("--batch-size", type=int, default=64, help="perturbed images per forward (faithfulness)")
     g.add_argument("--save-explanations", nargs="?", type=int, const=-1, default=0, metavar="N",
@@ -114,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         method_options=dict(layer=layer, state=args.state, score=args.score, cam=args.cam, sicd_mode=args.sicd_mode,
                             akd_kernel=args.akd_kernel, akd_border=args.akd_border, chunk_size=args.chunk_size,
                             generation=generation),
-        faithfulness=not args.no_faithfulness, blur_sigma=args.blur_sigma, batch_size=args.batch_size,
+        faithfulness=not args.no_faithfulness, blur_sigma=args.blur_sigma, replacement=args.replacement,
+        batch_size=args.batch_size,
         save_explanations=args.save_explanations, retry_failed=args.retry_failed, progress=not args.no_progress)
     tables = run_bench(adapter, dataset, config, rank, world)
     if tables is not None:

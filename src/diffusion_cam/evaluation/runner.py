@@ -90,6 +90,7 @@ class BenchConfig:
     method_options: dict[str, Any] = field(default_factory=dict)  # shared by every method (layer, state, ...)
     faithfulness: bool = True
     blur_sigma: float | None = None
+    replacement: str = "blur"  # what removed patches show: blur or mean
     batch_size: int = 64
     save_explanations: int = 0  # keep the explanations of the first N items (-1: all)
     retry_failed: bool = False
@@ -111,7 +112,9 @@ class BenchConfig:
             "ablation": [list(r) for r in self.ablation_rows],
             "method_options": _jsonable({k: v for k, v in self.method_options.items() if v is not None}),
             "faithfulness": {"enabled": self.faithfulness, "blur_sigma": self.blur_sigma, "mask_target": True,
-                             "kinds": list(SCORED_KINDS)},
+                             "kinds": list(SCORED_KINDS),
+                             # named only when not the default, so runs made before the option still resume
+                             **({"replacement": self.replacement} if self.replacement != "blur" else {})},
         })
 
 
@@ -297,7 +300,8 @@ class BenchRunner:
         seconds = shared_s + time.perf_counter() - t0
         t1 = time.perf_counter()
         scored = score_units(self.adapter, run, exp, units, faithfulness=self.config.faithfulness,
-                             blur_sigma=self.config.blur_sigma, batch_size=self.config.batch_size, cache=cache)
+                             blur_sigma=self.config.blur_sigma, replacement=self.config.replacement,
+                             batch_size=self.config.batch_size, cache=cache)
         score_s = time.perf_counter() - t1
         keep = self.config.save_explanations
         if keep and (keep < 0 or index < keep):

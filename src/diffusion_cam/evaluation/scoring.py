@@ -15,7 +15,8 @@ _KEEP = ("obj_iou", "precision", "recall", "contrast", "contrast_score", "concen
 
 
 def score_units(adapter, run, exp, units: Sequence[Unit], *, faithfulness: bool = True,
-                blur_sigma: float | None = None, batch_size: int = 64, cache: dict | None = None) -> dict[str, Any]:
+                blur_sigma: float | None = None, replacement: str = "blur", batch_size: int = 64,
+                cache: dict | None = None) -> dict[str, Any]:
     """``{"units": [...], "function": [...]}`` for the units of one answer.
 
     A unit of several tokens is represented by its best token (highest
@@ -54,7 +55,8 @@ def score_units(adapter, run, exp, units: Sequence[Unit], *, faithfulness: bool 
         targets = [PerturbationTarget(run.canvas_position(r["token"]), run.answer_ids[r["token"]],
                                       exp.grid_maps[rows[r["token"]]]) for r in scored]
         for rec, res in zip(scored, deletion_insertion(adapter, run.inputs, run.generation.sequence, targets,
-                                                       blur_sigma=blur_sigma, batch_size=batch_size, cache=cache)):
+                                                       blur_sigma=blur_sigma, replacement=replacement,
+                                                       batch_size=batch_size, cache=cache)):
             rec["deletion_auc"] = res.deletion_auc
             rec["insertion_auc"] = res.insertion_auc
     return {"units": scored, "function": function}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-CAM_FORMULAS = ("poscam", "gradcam", "poscam-centred", "layercam", "taylor")
+CAM_FORMULAS = ("poscam", "gradcam", "poscam-centred", "layercam", "taylor", "hirescam", "gradcam++")
 CENTRED_FORMULAS = ("poscam-centred", "layercam", "taylor")  # on activations centred over the grid
 EPS = 1e-8
 
@@ -37,10 +37,19 @@ def cam_from_grid(acts: torch.Tensor, grads: torch.Tensor, formula: str = "posca
         # LayerCAM (Jiang et al. 2021): gradients weight each position on their own
         # instead of being pooled, so the map keeps the gradient's spatial detail.
         maps = torch.einsum("khwd,hwd->khw", grads.clamp(min=0), acts.clamp(min=0)) / acts.shape[-1]
-    else:  # taylor
-        # First-order estimate of how much the score drops when a position's
-        # activation is replaced by the grid's mean activation: g . (A - mean A).
+    elif formula in ("taylor", "hirescam"):
+        # taylor: first-order estimate of how much the score drops when a position's
+        # activation is replaced by the grid's mean activation, g . (A - mean A).
+        # hirescam (Draelos & Carin 2020): the same product on the raw activations,
+        # which sums exactly to the Grad-CAM map's channel terms without pooling.
         maps = torch.einsum("khwd,hwd->khw", grads, acts).clamp(min=0)
+    else:  # gradcam++ (Chattopadhay et al. 2018), closed form for an exponential score
+        g2 = grads.square()
+        denominator = 2 * g2 + acts.sum(dim=(0, 1)) * g2 * grads
+        # positions without gradient, or whose denominator vanishes, get no weight
+        alpha = torch.where(denominator != 0, g2 / torch.where(denominator != 0, denominator, 1.0), 0.0)
+        weights = (alpha * grads.clamp(min=0)).sum(dim=(1, 2))  # (K, D)
+        maps = torch.einsum("kd,hwd->khw", weights, acts).clamp(min=0)
     return normalize(maps, finite)
 
 

@@ -19,12 +19,13 @@ from .localization import (
     resize_map,
     score,
 )
-from .faithfulness import FaithfulnessResult, PerturbationTarget, deletion_insertion
+from .faithfulness import REPLACEMENTS, FaithfulnessResult, PerturbationTarget, deletion_insertion
 
 __all__ = [
     "FaithfulnessResult",
     "PerturbationTarget",
     "deletion_insertion",
+    "REPLACEMENTS",
     "SCORE_MODES",
     "Binarized",
     "aggregate",

@@ -1,9 +1,11 @@
 """Faithfulness of a map: deletion and insertion curves of the explained token's probability.
 
 Patches are the cells of the model's image grid, ranked by the map (its
-value at grid resolution, or its mean over the patch at image resolution).  *Deletion* replaces the top-ranked patches by a
-blurred copy of the image, 0 %, 10 %, ..., 100 % of them; *insertion* starts
-from the blurred image and restores the top-ranked patches in the same steps.
+value at grid resolution, or its mean over the patch at image resolution).
+*Deletion* replaces the top-ranked patches by a blurred copy of the image
+(or by the image's mean colour, ``replacement="mean"``), 0 %, 10 %, ...,
+100 % of them; *insertion* starts from the fully replaced image and restores
+the top-ranked patches in the same steps.
 At every step the perturbed image is prepared again with the same prompt and
 the generated answer is forwarded once; the curve is the probability of the
 explained token at its position.  The area under the curve (trapezoid over
@@ -34,8 +36,8 @@ import torch
 
 from ..adapters.base import Adapter, ModelInputs
 
-__all__ = ["FaithfulnessResult", "PerturbationTarget", "auc", "blurred", "blurred_sets", "compose", "deletion_insertion",
-           "patch_order", "patch_scores", "perturbed_images"]
+__all__ = ["FaithfulnessResult", "PerturbationTarget", "REPLACEMENTS", "auc", "blurred", "blurred_sets", "compose",
+           "deletion_insertion", "patch_order", "patch_scores", "perturbed_images", "replacement_image"]
 
 #: fractions of patches removed (deletion) or restored (insertion)
 FRACTIONS = np.linspace(0.0, 1.0, 11)
@@ -74,6 +76,20 @@ def blurred(image: np.ndarray, sigma: float | None = None) -> np.ndarray:
     if sigma is None:
         sigma = max(image.shape[:2]) / 10.0
     return cv2.GaussianBlur(np.ascontiguousarray(image), (0, 0), sigmaX=float(sigma), borderType=cv2.BORDER_REFLECT_101)
+
+
+#: what a removed patch shows: a blurred copy of the image, or its mean colour (method spec §3)
+REPLACEMENTS = ("blur", "mean")
+
+
+def replacement_image(image: np.ndarray, replacement: str = "blur", sigma: float | None = None) -> np.ndarray:
+    """The image removed patches are taken from: blurred (``sigma`` as :func:`blurred`) or the mean colour."""
+    if replacement == "blur":
+        return blurred(image, sigma)
+    if replacement == "mean":
+        mean = np.rint(image.reshape(-1, image.shape[-1]).mean(axis=0)).astype(image.dtype)
+        return np.broadcast_to(mean, image.shape).copy()
+    raise ValueError(f"unknown replacement {replacement!r}; choose one of {', '.join(REPLACEMENTS)}")
 
 
 def _cells(shape: tuple[int, int], region: tuple[float, float, float, float], size: tuple[int, int]):
@@ -189,12 +205,14 @@ def _forward_probs(adapter: Adapter, inputs: list[ModelInputs], sequences: torch
 @torch.no_grad()
 def deletion_insertion(adapter: Adapter, inputs: ModelInputs, sequence: torch.Tensor,
                        targets: Sequence[PerturbationTarget], *, blur_sigma: float | None = None,
-                       mask_target: bool = True, batch_size: int = 64,
+                       replacement: str = "blur", mask_target: bool = True, batch_size: int = 64,
                        fractions: Sequence[float] = FRACTIONS, cache: dict | None = None) -> list[FaithfulnessResult]:
     """Deletion and insertion curves and AUCs of each target token.
 
     ``inputs``: the prepared query the answer was generated from (its first
     image is perturbed); ``sequence``: the final generated sequence (L,);
+    ``replacement``: what removed patches show (``blur``, with ``blur_sigma``,
+    or ``mean``);
     ``targets``: tokens with their maps, at the image's resolution or at the
     resolution of the adapter's first image grid, whose cells are the patches.
     ``cache``: a dict kept across calls about the same ``inputs`` and
@@ -209,7 +227,8 @@ def deletion_insertion(adapter: Adapter, inputs: ModelInputs, sequence: torch.Te
     size = image.shape[:2]
     grid = adapter.image_grids(inputs, sequence)[0]
     cells = _cells(grid.shape, grid.region, size)
-    blur = blurred(image, blur_sigma)
+    blur = replacement_image(image, replacement, blur_sigma)
+    fill = (replacement, blur_sigma if replacement == "blur" else None)
     mask_id = adapter.mask_token_id
     masked = mask_target and mask_id is not None
     keys_per_target, todo = [], {}
@@ -218,7 +237,7 @@ def deletion_insertion(adapter: Adapter, inputs: ModelInputs, sequence: torch.Te
         if sal.shape not in (tuple(size), tuple(grid.shape)):
             raise ValueError(f"saliency map has shape {sal.shape}, the image is {size} and its grid {grid.shape}")
         order = patch_order(patch_scores(sal, cells, grid.shape))
-        keys = [(t.position, t.token_id, masked, blur_sigma, b) for b in blurred_sets(order, fractions)]
+        keys = [(t.position, t.token_id, masked, fill, b) for b in blurred_sets(order, fractions)]
         keys_per_target.append(keys)
         for k in keys:
             if k not in cache:
