@@ -503,7 +503,7 @@ def test_llada_v_and_lavida_sample_as_released():
     llada_v = spec_of("llada-v")
     config = GenerationConfig(**llada_v.generation)  # what the adapter's default_generation builds
     assert (config.gen_length, config.block_length, config.steps) == (128, 128, 128)
-    assert config.suppress_token_ids == (126081, 126080, 126346, 126347)
+    assert config.suppress_token_ids == (126081, 126080, 126346, 126347) and config.stop_early
     # LaViDa's demo: 64 tokens at step_ratio 0.5 on the shift schedule
     config = GenerationConfig(**spec_of("lavida").generation)
     assert (config.gen_length, config.steps, config.schedule, config.schedule_shift) == (64, 32, "shift", 3)

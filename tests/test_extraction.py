@@ -288,6 +288,30 @@ def test_suppressed_tokens_are_never_proposed(tiny, image):
     assert sorted(p for st in gen.steps for p in st.committed) == list(range(8))
 
 
+def test_stop_early_fills_only_the_positions_before_a_committed_stop(tiny, image, monkeypatch):
+    inputs = tiny.prepare([image], PROMPT, 8)
+    plain = llada_generate(tiny, inputs, GenerationConfig(gen_length=8))
+    # make the token committed at step 2 (somewhere inside the canvas) a stop token
+    (q,) = plain.steps[2].committed
+    stop_id = plain.answer_ids[q]
+    monkeypatch.setattr(type(tiny), "stop_token_ids", property(lambda self: frozenset({stop_id})))
+    early = llada_generate(tiny, inputs, GenerationConfig(gen_length=8, stop_early=True))
+    first = min(p for p in range(8) if early.answer_ids[p] == stop_id)
+    found_at = early.commit_step[first]
+    # up to the step that commits the stop nothing differs from plain sampling
+    assert [s.committed for s in early.steps[: found_at + 1]] == [s.committed for s in plain.steps[: found_at + 1]]
+    # afterwards only positions before the stop are committed, then generation ends
+    assert all(p < first for s in early.steps[found_at + 1 :] for p in s.committed)
+    assert all(early.commit_step[p] >= 0 for p in range(first + 1))
+    later = [p for p in range(first + 1, 8) if early.commit_step[p] < 0]
+    assert all(early.answer_ids[p] == tiny.mask_token_id for p in later)
+    assert len(early.steps) == 8 - len(later) and later  # the stop came early enough to save steps
+    # without the flag the same stop token changes nothing
+    same = llada_generate(tiny, inputs, GenerationConfig(gen_length=8))
+    assert same.answer_ids == plain.answer_ids
+    _replays(tiny, inputs, early)
+
+
 def _replays(tiny, inputs, gen):
     for step in gen.steps:
         with torch.no_grad():

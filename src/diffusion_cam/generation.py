@@ -136,7 +136,10 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
     steps (LLaDA), ``timestep`` follows the Dream / Dimple schedule, and a
     ``threshold`` commits every position above it (Dimple's confident
     decoding) whenever one is.  Confident steps can end a block early; the
-    last step of a block commits whatever is left.
+    last step of a block commits whatever is left.  With ``stop_early``
+    (LLaDA-V), once a stop token is committed only the masked positions
+    before it are filled, and generation ends when none is left; positions
+    after the stop stay masked.
     """
     cfg = config.resolved()
     mask_id = adapter.mask_token_id
@@ -177,7 +180,11 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
     a0 = inputs.answer_start
     record: list[TrajectoryStep] = []
     commit_step = [-1] * gen_len
+    stops = sorted(adapter.stop_token_ids) if cfg.stop_early else []
+    stop = None  # with stop_early: absolute position of the earliest committed stop token
     for b in range(n_blocks):
+        if stop is not None:
+            break  # every position before the stop is committed
         lo, hi = a0 + b * block_len, a0 + (b + 1) * block_len
         n_block = int((x[lo:hi] == mask_id).sum())
         if cfg.schedule in ("linear", "timestep"):
@@ -185,7 +192,9 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
         else:
             planned = curve_counts(n_block, steps_per_block, cfg.schedule, cfg.schedule_shift)
         for step in range(steps_per_block):
-            n_left = int((x[lo:hi] == mask_id).sum())
+            # once a stop token is committed only the positions before it are filled (LLaDA-V)
+            open_lo, open_hi = (a0, stop) if stop is not None else (lo, hi)
+            n_left = int((x[open_lo:open_hi] == mask_id).sum())
             if n_left == 0:
                 break  # confident steps can finish a block early
             if cfg.schedule == "timestep":
@@ -207,8 +216,8 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
             else:
                 pred = logits.argmax(-1)
             conf = _confidence(logits, pred, cfg.remasking, generator)
-            conf[: lo] = -np.inf
-            conf[hi:] = -np.inf
+            conf[:open_lo] = -np.inf
+            conf[open_hi:] = -np.inf
             conf = torch.where(is_masked, conf, torch.full_like(conf, -np.inf))
             if cfg.threshold is not None and k < n_left:
                 # confident decoding: everything above the threshold, else the scheduled count
@@ -224,6 +233,10 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
             positions = sorted(int(p) - a0 for p in order)
             for p in positions:
                 commit_step[p] = len(record)
+            if stops:
+                found = torch.isin(x[a0 : a0 + gen_len], torch.tensor(stops, device=x.device)).nonzero()
+                if len(found):
+                    stop = a0 + int(found[0])
             record.append(
                 TrajectoryStep(
                     index=len(record),

@@ -105,6 +105,9 @@ class GenerationConfig:
     #: token ids never proposed at a masked position (LLaDA-V: end-of-text,
     #: start-of-text and the header tokens), so answers cannot fill up with them
     suppress_token_ids: tuple[int, ...] = ()
+    #: LLaDA-V: after a stop token is committed, fill only the positions before it and end
+    #: there (the answer is cut at the stop either way; the steps that produce it differ)
+    stop_early: bool = False
 
     def __post_init__(self):
         # family files give a JSON list; a tuple keeps the frozen config hashable
