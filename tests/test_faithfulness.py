@@ -8,7 +8,7 @@ from torch import nn
 from diffusion_cam.adapters.base import Adapter, ImageGrid, ModelInputs
 from diffusion_cam.metrics.faithfulness import (
     FRACTIONS, PerturbationTarget, _cells, auc, blurred, deletion_insertion, patch_order, patch_scores, perturbed_images,
-    replacement_image)
+    linear_imputation, replacement_image)
 
 SIZE, GRID = 32, 4
 
@@ -116,6 +116,43 @@ def test_mean_colour_replacement_removes_the_evidence_too():
     (blur_run,) = _curves(adapter, [good], cache=cache)
     assert blur_run.deletion[-1] != pytest.approx(rg.deletion[-1])
     assert {key[3] for key in cache} == {("mean", None), ("blur", SIZE / 2)}
+
+
+def test_road_imputation_recovers_a_linear_ramp_and_is_seeded():
+    yy, xx = np.mgrid[0:20, 0:24]
+    ramp = np.stack([2 * xx + 3 * yy + 10, 100 + xx, 200 - 4 * yy], axis=-1).astype(np.uint8)
+    removed = np.zeros((20, 24), bool)
+    removed[5:12, 3:17] = True
+    # away from the border a linear function is the weighted mean of its 8 symmetric neighbours: exact
+    np.testing.assert_array_equal(linear_imputation(ramp, removed, noise=0), ramp)
+    # in a corner the neighbours are one-sided; the imputation stays within the values around it
+    corner = np.zeros((20, 24), bool)
+    corner[0:4, 20:24] = True
+    filled = linear_imputation(ramp, corner, noise=0)
+    np.testing.assert_array_equal(filled[~corner], ramp[~corner])
+    around = ramp[0:5, 19:24][~corner[0:5, 19:24]]
+    assert (filled[corner] >= around.min(axis=0)).all() and (filled[corner] <= around.max(axis=0)).all()
+    flat = np.full((16, 16, 3), 120, np.uint8)
+    hole = np.zeros((16, 16), bool)
+    hole[4:12, 4:12] = True
+    a, b = linear_imputation(flat, hole), linear_imputation(flat, hole)
+    np.testing.assert_array_equal(a, b)  # seeded noise
+    assert (a[~hole] == 120).all() and 1.5 < a[hole].astype(float).std() < 3.5  # ROAD's noise, 0.01 of 255
+    everything = np.ones((16, 16), bool)
+    np.testing.assert_array_equal(linear_imputation(_image(), np.ones((SIZE, SIZE), bool), noise=0),
+                                  replacement_image(_image(), "mean"))
+    assert linear_imputation(flat, everything, noise=0).tolist() == flat.tolist()
+
+
+def test_road_replacement_ranks_maps_like_blur():
+    good, bad = _maps()
+    rg, rb = _curves(RegionModel(), [good, bad], replacement="road")
+    assert rg.deletion_auc < rb.deletion_auc - 0.2 and rg.insertion_auc > rb.insertion_auc + 0.2
+    # the removed evidence is interpolated from the dark pixels around it, not smeared from a blur
+    img = _image()
+    cells = _cells((GRID, GRID), (0, 0, SIZE, SIZE), (SIZE, SIZE))
+    deleted = perturbed_images(img, good, cells, None)[3]  # 30 %: the 4 evidence patches and one more
+    assert deleted[: SIZE // 2, : SIZE // 2].mean() < 40
 
 
 def test_perturbations_are_batched_in_one_forward_and_equal_single_forwards():

@@ -50,7 +50,8 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("scoring and output")
     g.add_argument("--no-faithfulness", action="store_true", help="skip deletion / insertion (the slowest metric)")
     g.add_argument("--replacement", choices=REPLACEMENTS, default="blur",
-                   help="what removed patches show in deletion / insertion: a blurred copy (default) or the mean colour")
+                   help="what removed patches show in deletion / insertion: a blurred copy (default), the mean colour, "
+                        "or ROAD's noisy linear imputation from the pixels around them")
     g.add_argument("--blur-sigma", type=float, default=None, help="blur of removed patches (default: side / 10)")
     g.add_argument("--batch-size", type=int, default=64, help="perturbed images per forward (faithfulness)")
     g.add_argument("--save-explanations", nargs="?", type=int, const=-1, default=0, metavar="N",

@@ -3,8 +3,9 @@
 Patches are the cells of the model's image grid, ranked by the map (its
 value at grid resolution, or its mean over the patch at image resolution).
 *Deletion* replaces the top-ranked patches by a blurred copy of the image
-(or by the image's mean colour, ``replacement="mean"``), 0 %, 10 %, ...,
-100 % of them; *insertion* starts from the fully replaced image and restores
+(or by the image's mean colour, ``replacement="mean"``, or by ROAD's noisy
+linear imputation from the pixels around them, ``replacement="road"``),
+0 %, 10 %, ..., 100 % of them; *insertion* starts from the fully replaced image and restores
 the top-ranked patches in the same steps.
 At every step the perturbed image is prepared again with the same prompt and
 the generated answer is forwarded once; the curve is the probability of the
@@ -32,12 +33,15 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
 import torch
 
 from ..adapters.base import Adapter, ModelInputs
 
 __all__ = ["FaithfulnessResult", "PerturbationTarget", "REPLACEMENTS", "auc", "blurred", "blurred_sets", "compose",
-           "deletion_insertion", "patch_order", "patch_scores", "perturbed_images", "replacement_image"]
+           "deletion_insertion", "linear_imputation", "patch_order", "patch_scores", "perturbed_images",
+           "replacement_image"]
 
 #: fractions of patches removed (deletion) or restored (insertion)
 FRACTIONS = np.linspace(0.0, 1.0, 11)
@@ -78,8 +82,14 @@ def blurred(image: np.ndarray, sigma: float | None = None) -> np.ndarray:
     return cv2.GaussianBlur(np.ascontiguousarray(image), (0, 0), sigmaX=float(sigma), borderType=cv2.BORDER_REFLECT_101)
 
 
-#: what a removed patch shows: a blurred copy of the image, or its mean colour (method spec §3)
-REPLACEMENTS = ("blur", "mean")
+#: what a removed patch shows: a blurred copy of the image or its mean colour (method spec §3), or
+#: ROAD's noisy linear imputation (Rong et al. 2022), which depends on which patches are removed
+REPLACEMENTS = ("blur", "mean", "road")
+#: ROAD's neighbour weights: 1/6 for the four direct neighbours, 1/12 for the diagonal ones
+_ROAD_NEIGHBOURS = ((-1, -1, 1 / 12), (-1, 0, 1 / 6), (-1, 1, 1 / 12), (0, -1, 1 / 6),
+                    (0, 1, 1 / 6), (1, -1, 1 / 12), (1, 0, 1 / 6), (1, 1, 1 / 12))
+#: ROAD's noise on imputed pixels: 0.01 of the value range
+ROAD_NOISE = 0.01 * 255
 
 
 def replacement_image(image: np.ndarray, replacement: str = "blur", sigma: float | None = None) -> np.ndarray:
@@ -89,7 +99,57 @@ def replacement_image(image: np.ndarray, replacement: str = "blur", sigma: float
     if replacement == "mean":
         mean = np.rint(image.reshape(-1, image.shape[-1]).mean(axis=0)).astype(image.dtype)
         return np.broadcast_to(mean, image.shape).copy()
+    if replacement == "road":
+        raise ValueError("ROAD's imputation depends on the removed pixels: use linear_imputation(image, removed)")
     raise ValueError(f"unknown replacement {replacement!r}; choose one of {', '.join(REPLACEMENTS)}")
+
+
+def linear_imputation(image: np.ndarray, removed: np.ndarray, noise: float = ROAD_NOISE, seed: int = 0) -> np.ndarray:
+    """ROAD's noisy linear imputation of the ``removed`` (H, W) pixels of an (H, W, C) uint8 image.
+
+    Every removed pixel equals the weighted mean of its eight neighbours
+    inside the image (weights 1/6 direct, 1/12 diagonal), kept pixels being
+    fixed: one sparse linear system for all removed pixels at once.  Gaussian
+    noise of standard deviation ``noise`` (seeded, so the same call gives the
+    same image) is added to the imputed pixels, so that the imputation does
+    not draw the removed region's outline.  With every pixel removed there is
+    nothing to interpolate from; the image's mean colour is used.
+    """
+    removed = np.asarray(removed, dtype=bool)
+    h, w = removed.shape
+    channels = image.shape[-1]
+    out = image.copy()
+    unknown = np.flatnonzero(removed)
+    if unknown.size == 0:
+        return out
+    flat = image.reshape(-1, channels).astype(np.float64)
+    if unknown.size == h * w:
+        values = np.broadcast_to(flat.mean(axis=0), (unknown.size, channels))
+    else:
+        variable = np.full(h * w, -1)
+        variable[unknown] = np.arange(unknown.size)
+        ys, xs = np.divmod(unknown, w)
+        diagonal = np.zeros(unknown.size)
+        rhs = np.zeros((unknown.size, channels))
+        rows, cols, vals = [], [], []
+        for dy, dx, weight in _ROAD_NEIGHBOURS:
+            ny, nx = ys + dy, xs + dx
+            inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+            eq = np.flatnonzero(inside)
+            neighbour = ny[inside] * w + nx[inside]
+            diagonal[eq] += weight
+            free = removed.flat[neighbour]
+            rows.append(eq[free])
+            cols.append(variable[neighbour[free]])
+            vals.append(np.full(int(free.sum()), -weight))
+            rhs[eq[~free]] += weight * flat[neighbour[~free]]  # each equation once per direction
+        system = scipy.sparse.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                         shape=(unknown.size, unknown.size)) + scipy.sparse.diags(diagonal)
+        values = scipy.sparse.linalg.spsolve(system.tocsc(), rhs).reshape(unknown.size, channels)
+    if noise:
+        values = values + np.random.default_rng(seed).normal(0.0, noise, values.shape)
+    out.reshape(-1, channels)[unknown] = np.clip(np.rint(values), 0, 255).astype(image.dtype)
+    return out
 
 
 def _cells(shape: tuple[int, int], region: tuple[float, float, float, float], size: tuple[int, int]):
@@ -130,7 +190,14 @@ def blurred_sets(order: np.ndarray, fractions: Sequence[float] = FRACTIONS) -> l
     return tops + [everything - top for top in tops]
 
 
-def compose(image: np.ndarray, blur: np.ndarray, cells, blurred: frozenset) -> np.ndarray:
+def compose(image: np.ndarray, blur: np.ndarray | None, cells, blurred: frozenset) -> np.ndarray:
+    """``image`` with the ``blurred`` cells taken from ``blur``, or imputed ROAD's way when ``blur`` is None."""
+    if blur is None:
+        removed = np.zeros(image.shape[:2], dtype=bool)
+        for c in blurred:
+            y0, y1, x0, x1 = cells[c]
+            removed[y0:y1, x0:x1] = True
+        return linear_imputation(image, removed)
     out = image.copy()
     for c in blurred:
         y0, y1, x0, x1 = cells[c]
@@ -212,7 +279,7 @@ def deletion_insertion(adapter: Adapter, inputs: ModelInputs, sequence: torch.Te
     ``inputs``: the prepared query the answer was generated from (its first
     image is perturbed); ``sequence``: the final generated sequence (L,);
     ``replacement``: what removed patches show (``blur``, with ``blur_sigma``,
-    or ``mean``);
+    ``mean`` or ``road``);
     ``targets``: tokens with their maps, at the image's resolution or at the
     resolution of the adapter's first image grid, whose cells are the patches.
     ``cache``: a dict kept across calls about the same ``inputs`` and
@@ -227,7 +294,7 @@ def deletion_insertion(adapter: Adapter, inputs: ModelInputs, sequence: torch.Te
     size = image.shape[:2]
     grid = adapter.image_grids(inputs, sequence)[0]
     cells = _cells(grid.shape, grid.region, size)
-    blur = replacement_image(image, replacement, blur_sigma)
+    blur = None if replacement == "road" else replacement_image(image, replacement, blur_sigma)
     fill = (replacement, blur_sigma if replacement == "blur" else None)
     mask_id = adapter.mask_token_id
     masked = mask_target and mask_id is not None
