@@ -35,6 +35,29 @@ def test_explain_writes_result_maps_pictures_and_metrics(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
 
 
+def test_several_images_get_one_folder_each_and_a_bad_one_costs_only_itself(tmp_path, capsys):
+    paths = []
+    for name, seed in (("cat", 0), ("dog", 1)):
+        paths.append(tmp_path / name / "photo.png")  # the same file name twice: folders photo, photo-2
+        paths[-1].parent.mkdir()
+        Image.fromarray(random_image(seed)).save(paths[-1])
+    missing = tmp_path / "missing.png"
+    out = tmp_path / "out"
+    args = ["explain", str(paths[0]), str(missing), str(paths[1]), "--prompt", "describe the image",
+            "--model", "tiny-random", "--no-pictures", "--out", str(out)]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["photo", "photo-2"]
+    for folder, path in zip(("photo", "photo-2"), paths):
+        single = tmp_path / f"single-{folder}"
+        assert main(["explain", str(path), *args[4:-1], str(single)]) == 0
+        assert (out / folder / "result.json").read_text() == (single / "result.json").read_text()
+    assert "missing.png" in captured.err and "1 of 3 images failed" in captured.err
+    assert captured.out.count("answer: ") == 2
+    assert main([*args[:2], str(paths[1]), *args[4:-1], str(out), "--mask", str(paths[0])]) == 2
+    assert "--mask belongs to one image; 2 images were given" in capsys.readouterr().err
+
+
 def test_sampler_options_reach_generation_and_the_trajectory(tmp_path, capsys):
     img = tmp_path / "img.png"
     Image.fromarray(random_image(0)).save(img)

@@ -1,4 +1,4 @@
-"""``diffusion-cam explain``: explain one answer and write result.json + maps.npz."""
+"""``diffusion-cam explain``: explain answers about images and write result.json + maps.npz per image."""
 
 from __future__ import annotations
 
@@ -11,17 +11,21 @@ from .options import add_method_options, add_model_options, load_adapter, method
 
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="explain a model's answer about an image",
-                       description="Generate an answer and write one heatmap per answer token.")
-    p.add_argument("image", help="image file (PNG, JPEG, ...)")
+                       description="Generate an answer and write one heatmap per answer token. With several "
+                                   "images the model is loaded once and each image gets its own folder "
+                                   "under --out, named after the file.")
+    p.add_argument("image", nargs="+", help="image file(s) (PNG, JPEG, ...)")
     p.add_argument("--prompt", required=True, help="question or instruction about the image")
     p.add_argument("--method", default="diffusion-cam", help="explanation method (default: diffusion-cam)")
     p.add_argument("--targets", nargs="+", default=None, metavar="TOKEN",
                    help="answer tokens to explain, by index or word (default: all)")
-    p.add_argument("--out", default="diffusion_cam_out", help="output directory (default: ./diffusion_cam_out)")
+    p.add_argument("--out", default="diffusion_cam_out",
+                   help="output directory (default: ./diffusion_cam_out); with several images, one folder per image in it")
     p.add_argument("--no-pictures", action="store_true", help="write only result.json and maps.npz")
     p.add_argument("--compare-raw", action="store_true", help="show raw next to refined maps in grid.png")
     p.add_argument("--mask", default=None, metavar="PNG",
-                   help="ground-truth label image (0 = background) or binary mask: adds localisation metrics")
+                   help="ground-truth label image (0 = background) or binary mask: adds localisation metrics "
+                        "(one image only)")
     add_model_options(p)
     add_method_options(p)
     p.set_defaults(run=run)
@@ -64,14 +68,57 @@ def load_mask(path: str):
         raise ImageLoadError(f"{path}: cannot read mask image ({err})") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    from .. import get_method
+def output_folders(images: list[str], out: Path) -> list[Path]:
+    """``out`` for one image; else one folder per image named after its file (-2, -3, ... for repeats)."""
+    from ..visualize import safe_slug
 
+    if len(images) == 1:
+        return [out]
+    folders, seen = [], set()
+    for image in images:
+        name = safe_slug(Path(image).stem, limit=64) or "image"
+        unique, n = name, 1
+        while unique in seen:
+            n += 1
+            unique = f"{name}-{n}"
+        seen.add(unique)
+        folders.append(out / unique)
+    return folders
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from .. import get_method
+    from ..errors import DiffusionCamError, PromptError
+
+    if args.mask and len(args.image) > 1:
+        raise PromptError(f"--mask belongs to one image; {len(args.image)} images were given")
     out = prepare_output(args.out)
+    folders = output_folders(args.image, out)
     adapter = load_adapter(args)
     method = get_method(args.method, adapter, **method_kwargs(args, adapter))
     mask = load_mask(args.mask) if args.mask else None
-    exp = method.explain(args.image, args.prompt, targets=_targets(args.targets))
+    failed = 0
+    for image, folder in zip(args.image, folders):
+        if len(args.image) > 1:
+            print(f"{image}:")
+        try:
+            _explain_one(method, image, args, folder, mask)
+        except DiffusionCamError as err:
+            if len(args.image) == 1:
+                raise
+            # one unreadable image does not cost the others their run
+            failed += 1
+            print(f"error: {image}: {' '.join(str(err).split())}", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {len(args.image)} images failed", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask) -> None:
+    exp = method.explain(image, args.prompt, targets=_targets(args.targets))
     if mask is not None:
         exp.evaluate(mask)
     exp.save(out)
@@ -86,4 +133,3 @@ def run(args: argparse.Namespace) -> int:
         print("metrics (mean over tokens): " + ", ".join(
             f"{k}={mean[k]:.3f}" for k in ("obj_iou", "contrast", "concentration", "f3") if k in mean))
     print(f"wrote {', '.join(written)} to {out}")
-    return 0
