@@ -1,8 +1,6 @@
 """The shipped shapes-tiny model: loading, answers, determinism, localisation, integrity."""
 
-import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ from diffusion_cam.datasets import shapes
 from diffusion_cam.errors import ModelLoadError
 from diffusion_cam.models.shapes_tiny import WEIGHTS_DIR
 
-EXAMPLES = Path(shapes.__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +21,13 @@ def model():
 @pytest.fixture(scope="module")
 def scenes():
     """The shipped example scenes (drawn before the model was trained), regenerated from their seeds."""
-    meta = json.loads((EXAMPLES / "scenes.json").read_text())["scenes"]
     out = []
-    for entry in meta:
-        scene = shapes.generate_scene(entry["seed"], n_objects=entry["n_objects"])
-        assert np.array_equal(np.asarray(Image.open(EXAMPLES / entry["image"]).convert("RGB")), scene.image)
+    for example in dc.example_scenes():
+        scene = shapes.generate_scene(example.seed, n_objects=len(example.objects))
+        assert np.array_equal(np.asarray(Image.open(example.image).convert("RGB")), scene.image)
+        assert np.array_equal(np.asarray(Image.open(example.labels)), shapes.label_image(scene))
+        assert example.caption == shapes.answer(scene, "describe the image")
+        assert [o["shape"] for o in example.objects] == [o.shape for o in scene.objects]
         out.append(scene)
     return out
 

@@ -12,7 +12,7 @@ from . import errors, extract, metrics, refine
 from .adapters import Adapter, GenerationConfig, ImageGrid, ModelInputs, available_models, load_model
 from .errors import DiffusionCamError
 from .explanation import Explanation
-from .io import load_image
+from .io import example_scenes, load_image
 from .methods import DiffusionCAM, ExplanationMethod, GradientCAM, available_methods, get_method, register_method
 from . import baselines  # noqa: E402,F401  (registers gradcam, llava-cam, tam, center)
 
@@ -21,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Adapter", "DiffusionCAM", "DiffusionCamError", "Explanation", "ExplanationMethod", "GenerationConfig",
     "GradientCAM", "ImageGrid", "ModelInputs", "available_methods", "available_models", "errors", "extract",
-    "get_method", "load_image", "load_model", "metrics", "refine", "register_method", "__version__",
+    "example_scenes", "get_method", "load_image", "load_model", "metrics", "refine", "register_method", "__version__",
 ]
