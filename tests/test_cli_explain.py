@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import diffusion_cam as dc
@@ -91,3 +92,28 @@ def test_evaluate_scores_a_perfect_map_as_perfect(tiny, image):
     assert m["mode"] == "mask"
     assert m["per_token"][0]["obj_iou"] == 1.0 and m["per_token"][0]["concentration"] > 0.999
     assert m["per_token"][0]["pointing_game"] == 1.0
+
+
+def test_faithfulness_of_every_map_from_the_api_and_the_cli(tiny, image, tmp_path, capsys):
+    from diffusion_cam.metrics.faithfulness import PerturbationTarget, deletion_insertion
+
+    method = dc.GradientCAM(tiny, layer=1, modules=())
+    exp = method.explain(image, "describe the image", faithfulness="mean")
+    run = method.generate(image, "describe the image")
+    targets = [PerturbationTarget(run.canvas_position(i), run.answer_ids[i], m)
+               for i, m in zip(exp.token_indices, exp.grid_maps)]
+    expected = deletion_insertion(tiny, run.inputs, run.generation.sequence, targets, replacement="mean")
+    assert exp.faithfulness["replacement"] == "mean"
+    assert [r["deletion_auc"] for r in exp.faithfulness["per_token"]] == [r.deletion_auc for r in expected]
+    assert exp.faithfulness["mean"]["insertion_auc"] == pytest.approx(np.mean([r.insertion_auc for r in expected]))
+    exp.save(tmp_path / "saved")
+    assert dc.Explanation.load(tmp_path / "saved").faithfulness == exp.faithfulness
+    img = tmp_path / "img.png"
+    Image.fromarray(image).save(img)
+    args = ["explain", str(img), "--prompt", "describe the image", "--model", "tiny-random", "--no-pictures"]
+    assert main([*args, "--faithfulness", "--out", str(tmp_path / "cli")]) == 0
+    assert "faithfulness (mean over tokens, blur): deletion_auc=" in capsys.readouterr().out
+    result = json.loads((tmp_path / "cli" / "result.json").read_text())
+    assert len(result["faithfulness"]["per_token"]) == len(result["tokens"])
+    with pytest.raises(dc.errors.UnknownNameError, match="unknown replacement 'noise'"):
+        method.explain(image, "describe the image", faithfulness="noise")

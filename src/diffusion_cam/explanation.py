@@ -61,6 +61,8 @@ class Explanation:
     trajectory: list[dict[str, Any]] = field(default_factory=list)  # per step: committed canvas indices and ids
     answer_tokens: list[str] = field(default_factory=list)  # every answer word (also the ones not explained)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: deletion / insertion per token when asked for (``explain(..., faithfulness=...)``)
+    faithfulness: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -181,6 +183,7 @@ class Explanation:
             "words": [{"word": w, "rows": rows} for w, rows in self.words()],
             "trajectory": self.trajectory,
             "metrics": self.metrics,
+            "faithfulness": self.faithfulness,
         }
 
     # ------------------------------------------------------------ persistence
@@ -223,5 +226,6 @@ class Explanation:
             trajectory=meta["trajectory"],
             answer_tokens=meta.get("answer_tokens", []),
             metrics=meta.get("metrics", {}),
+            faithfulness=meta.get("faithfulness", {}),
             **arrays,
         )

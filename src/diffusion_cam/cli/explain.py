@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", default=None, metavar="PNG",
                    help="ground-truth label image (0 = background) or binary mask: adds localisation metrics "
                         "(one image only)")
+    p.add_argument("--faithfulness", nargs="?", const="blur", default=None, choices=("blur", "mean", "road"),
+                   help="also measure deletion / insertion AUC of every map; removed patches show a blurred copy "
+                        "(default), the mean colour or ROAD's imputation")
     add_model_options(p)
     add_method_options(p)
     p.set_defaults(run=run)
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask) -> None:
-    exp = method.explain(image, args.prompt, targets=_targets(args.targets))
+    exp = method.explain(image, args.prompt, targets=_targets(args.targets), faithfulness=args.faithfulness or False)
     if mask is not None:
         exp.evaluate(mask)
     exp.save(out)
@@ -132,4 +135,9 @@ def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask) 
         mean = exp.metrics["mean"]
         print("metrics (mean over tokens): " + ", ".join(
             f"{k}={mean[k]:.3f}" for k in ("obj_iou", "contrast", "concentration", "f3") if k in mean))
+    if exp.faithfulness:
+        mean = exp.faithfulness["mean"]
+        print(f"faithfulness (mean over tokens, {exp.faithfulness['replacement']}): "
+              f"deletion_auc={mean['deletion_auc']:.3f} (lower is better), "
+              f"insertion_auc={mean['insertion_auc']:.3f} (higher is better)")
     print(f"wrote {', '.join(written)} to {out}")
