@@ -21,7 +21,7 @@ import diffusion_cam as dc
 from diffusion_cam.adapters import llada_family as fam
 from diffusion_cam.adapters.base import GenerationConfig
 from diffusion_cam.adapters.config_adapter import ConfigAdapter, FamilySpec, builtin_specs
-from diffusion_cam.errors import ExtractionError, PromptError
+from diffusion_cam.errors import ExtractionError, ModelLoadError, PromptError, TargetError
 
 VOCAB = 160
 MASK, EOS, BOI, EOI, NEWLINE, SOI, MMU, BOA, EOA, IMG = range(10)
@@ -419,6 +419,32 @@ def test_llada_v_end_to_end():
     exp = explain_twice(adapter, image(30, 40))
     assert exp.raw_grid_maps.shape[1:] == (2, 2)  # the first grid is the base view
     assert dc.GradientCAM(adapter, layer=0, state="final", modules=[]).explain(image(30, 40), "what is this", gen_length=4).maps.any()
+
+
+def test_a_given_answer_sits_on_the_canvas_as_the_family_file_says():
+    model = LladaVModel(**TINY_ANYRES)
+    shipped = spec_of("llada-v").prompt
+    assert (shipped["answer_end"], shipped["answer_fill"]) == ([126348], 126081)  # <|eot_id|>, then <|endoftext|>
+    spec = tiny_spec("llada-v", image={**spec_of("llada-v").image, **TINY_ANYRES}, stop_token_ids=[EOS, EOA],
+                     prompt={**shipped, "answer_end": [EOA], "answer_fill": EOS})
+    tok = WordTokenizer()
+    adapter = ConfigAdapter(spec, {"model": model, "tokenizer": tok, "image_fn": anyres_image_fn()})
+    cat, sat = tok("cat sat")["input_ids"]
+    assert adapter.answer_canvas("cat sat", 5) == [cat, sat, EOA, EOS, EOS]
+    assert adapter.answer_canvas("cat sat", 2) == [cat, sat, EOA]  # longer than asked when it must be
+    exp = dc.GradientCAM(adapter, layer=0, state="final", modules=[]).explain(image(30, 40), "what is this",
+                                                                          answer="cat sat", gen_length=4)
+    assert exp.tokens == ["cat", "sat"] and exp.steps == [-1, -1] and exp.trajectory == []
+    assert np.isfinite(exp.maps).all()
+    # a family file that does not describe the end of an answer says so
+    silent = ConfigAdapter(dataclasses.replace(spec, prompt={"template": shipped["template"]}),
+                           {"model": LladaVModel(**TINY_ANYRES), "tokenizer": tok, "image_fn": anyres_image_fn()})
+    with pytest.raises(TargetError, match="does not say how a finished answer ends"):
+        silent.answer_canvas("cat", 4)
+    # the tokens that end an answer must end it when reading one back
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k != "source"}
+    with pytest.raises(ModelLoadError, match=r"answer_end / answer_fill ids \[8\] are not stop tokens"):
+        FamilySpec.from_dict({**fields, "stop_token_ids": [EOS]})
 
 
 def test_lavida_two_pass_needs_checkpointing_off():

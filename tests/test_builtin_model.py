@@ -128,3 +128,24 @@ def test_prompt_past_the_context_names_the_limit_without_an_image_size_hint(mode
     with pytest.raises(PromptError, match=r"144 of them image tokens.*context of \d+; shorten the prompt") as err:
         dc.DiffusionCAM(model).explain(scenes[0].image, " ".join(["the"] * 400))
     assert "smaller image" not in str(err.value)
+
+
+def test_a_given_answer_is_explained_like_the_same_generated_one(model):
+    scene = dc.example_scenes()[1]  # "a purple circle and a green square"
+    final = dc.DiffusionCAM(model, state="final")
+    generated = final.explain(scene.image, "describe the image")
+    given = final.explain(scene.image, "describe the image", answer=generated.answer)
+    # the same canvas (answer, then <eos> to the end) and so the same forward: the same maps, bit for bit
+    assert given.tokens == generated.tokens and np.array_equal(given.maps, generated.maps)
+    assert given.steps == [-1] * len(given.tokens) and given.trajectory == []
+    # a wrong answer: where would the model find "red" and "cross" in this image?
+    wrong = final.explain(scene.image, "describe the image", answer="A red cross.", targets=["red", "cross"])
+    assert wrong.tokens == ["red", "cross"] and wrong.maps.shape == (2, *scene_image_shape(scene))
+    with pytest.raises(dc.errors.InfeasibleStateError, match="use state='final'"):
+        dc.DiffusionCAM(model).explain(scene.image, "describe the image", answer="a red cross")
+    with pytest.raises(dc.errors.TargetError, match="unknown word 'dog'"):
+        final.explain(scene.image, "describe the image", answer="a dog")
+
+
+def scene_image_shape(scene):
+    return np.asarray(Image.open(scene.image)).shape[:2]

@@ -59,6 +59,21 @@ def test_several_images_get_one_folder_each_and_a_bad_one_costs_only_itself(tmp_
     assert "--mask belongs to one image; 2 images were given" in capsys.readouterr().err
 
 
+def test_a_given_answer_from_the_cli_is_explained_from_the_final_state(tmp_path, capsys):
+    img = tmp_path / "img.png"
+    Image.fromarray(random_image(0)).save(img)
+    out = tmp_path / "given"
+    base = ["explain", str(img), "--prompt", "describe the image", "--model", "tiny-random"]
+    assert main([*base, "--answer", "a red circle", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "answer: a red circle"
+    result = json.loads((out / "result.json").read_text())
+    assert result["settings"]["state"] == "final" and [t["text"] for t in result["tokens"]] == ["a", "red", "circle"]
+    assert result["trajectory"] == [] and all(t["step"] == -1 for t in result["tokens"])
+    assert (out / "report.html").exists() and not (out / "trajectory.gif").exists()  # nothing was denoised
+    assert main([*base, "--answer", "a red circle", "--state", "trajectory", "--out", str(tmp_path / "bad")]) == 2
+    assert "use state='final'" in capsys.readouterr().err
+
+
 def test_sampler_options_reach_generation_and_the_trajectory(tmp_path, capsys):
     img = tmp_path / "img.png"
     Image.fromarray(random_image(0)).save(img)

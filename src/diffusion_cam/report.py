@@ -177,7 +177,7 @@ def explanation_data(exp: "Explanation", cmap: str = DEFAULT_CMAP, alpha: float 
             "row": row,
             "index": int(exp.token_indices[row]) if row < len(exp.token_indices) else row,
             "word": word_label(text, 60),
-            "step": int(exp.steps[row]) if row < len(exp.steps) else None,
+            "step": int(exp.steps[row]) if row < len(exp.steps) and exp.steps[row] >= 0 else None,
             "score": exp.scores[row] if row < len(exp.scores) else None,
             "degenerate": bool(exp.degenerate[row]) if row < len(exp.degenerate) else False,
             "metrics": per_token[row],

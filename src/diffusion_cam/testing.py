@@ -144,6 +144,14 @@ class TinyAdapter(Adapter):
     def decode(self, ids: Sequence[int]) -> list[str]:
         return [self.vocab[i] if not self.vocab[i].startswith("<") else "" for i in ids]
 
+    def answer_canvas(self, text: str, min_length: int) -> list[int]:
+        words = text.lower().split()
+        unknown = [w for w in words if w not in WORDS]
+        if not words or unknown:
+            raise TargetError(f"answer {text!r} has words outside the tiny model's vocabulary: {unknown}")
+        ids = [self.vocab.index(w) for w in words]
+        return ids + [SPECIALS.index("<eos>")] * max(1, min_length - len(ids))
+
     def token_id(self, word: str) -> int:
         if word not in self.vocab:
             raise TargetError(f"word {word!r} is not in the tiny model's vocabulary")

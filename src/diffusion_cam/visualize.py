@@ -239,7 +239,8 @@ def _draw_panel(panel: _Panel, width: int, pic_h: int) -> Image.Image:
 
 
 def _token_subtitle(exp: "Explanation", row: int) -> str:
-    parts = [f"step {exp.steps[row]}"] if row < len(exp.steps) else []
+    # a given answer (explain(..., answer=...)) was never denoised: its tokens have no step
+    parts = [f"step {exp.steps[row]}"] if row < len(exp.steps) and exp.steps[row] >= 0 else []
     if row < len(exp.scores) and exp.scores[row] is not None:
         parts.append(f"score {exp.scores[row]:.3g}")
     return " · ".join(parts)
@@ -326,7 +327,8 @@ def denoising_steps(exp: "Explanation") -> list[dict[str, Any]]:
                 for s in exp.trajectory]
     by_step: dict[int, list[int]] = {}
     for idx, step in zip(exp.token_indices, exp.steps):
-        by_step.setdefault(int(step), []).append(int(idx))
+        if step >= 0:  # a given answer's tokens were never committed by a step
+            by_step.setdefault(int(step), []).append(int(idx))
     return [{"step": s, "committed": sorted(c)} for s, c in sorted(by_step.items())]
 
 

@@ -243,6 +243,13 @@ class Adapter(ABC):
     def decode(self, ids: Sequence[int]) -> list[str]:
         """Text of each id (one entry per id)."""
 
+    def answer_canvas(self, text: str, min_length: int) -> list[int]:
+        """The answer canvas the model would hold after answering ``text``: its ids, then the
+        end-of-answer and filler tokens up to at least ``min_length`` (``explain(..., answer=text)``)."""
+        from ..errors import TargetError
+
+        raise TargetError(f"{self.family} adapter cannot encode a given answer; explain a generated one")
+
     def token_id(self, word: str) -> int:
         """Id of a single-token ``word`` (contrastive distractors); adapters with a tokenizer override."""
         from ..errors import TargetError

@@ -35,7 +35,10 @@ Keys (see ``families/*.json`` for complete examples):
     ``{"template": "...{image}...{prompt}...", "answer_prefix": [ids], "answer_suffix": [ids]}``
     (ids placed right before / after the answer canvas); the
     ``{image}`` slot becomes the image tokens; text pieces are tokenized
-    without special tokens (write BOS into the template).
+    without special tokens (write BOS into the template).  ``"answer_end":
+    [ids], "answer_fill": id`` say how a finished answer sits on the canvas
+    (end-of-turn ids, then the filler to the canvas end), which a given
+    answer (``explain(..., answer=...)``) needs.
 ``generation``, ``default_layer``, ``states``, ``verified``
 """
 
@@ -122,6 +125,11 @@ class FamilySpec:
             raise ModelLoadError(f"{where}: logits_shift must be 0 or 1")
         if self.mask_token_id is None:
             raise ModelLoadError(f"{where}: mask_token_id is required for mask-diffusion families")
+        ending = [*self.prompt.get("answer_end", []), *([self.prompt["answer_fill"]] if "answer_fill" in self.prompt else [])]
+        not_stops = sorted({int(t) for t in ending} - {int(t) for t in self.stop_token_ids})
+        if not_stops:
+            raise ModelLoadError(f"{where}: prompt.answer_end / answer_fill ids {not_stops} are not stop tokens; "
+                                 "add them to stop_token_ids so that a given answer ends where they start")
 
     def matches_hub_id(self, name: str) -> bool:
         low = name.lower()
@@ -406,6 +414,17 @@ class ConfigAdapter(Adapter):
 
     def join(self, texts: Sequence[str]) -> str:
         return self.spec.join.join(texts).strip()
+
+    def answer_canvas(self, text: str, min_length: int) -> list[int]:
+        fill = self.spec.prompt.get("answer_fill")
+        if fill is None:
+            raise TargetError(f"{self.name}: its family file does not say how a finished answer ends (prompt.answer_end, "
+                              "prompt.answer_fill), so a given answer cannot be placed on the canvas")
+        ids = self._tokens(text)
+        if not ids:
+            raise TargetError(f"the given answer {text!r} is empty")
+        ids += [int(t) for t in self.spec.prompt.get("answer_end", [])]
+        return ids + [int(fill)] * max(0, min_length - len(ids))
 
     def token_id(self, word: str) -> int:
         ids = self._tokens(word)

@@ -104,6 +104,16 @@ class ShapesTinyAdapter(Adapter):
     def decode(self, ids: Sequence[int]) -> list[str]:
         return [self.tokenizer.vocab[int(i)] if int(i) not in self.tokenizer.special_ids else "" for i in ids]
 
+    def answer_canvas(self, text: str, min_length: int) -> list[int]:
+        words = self.normalise_prompt(text)
+        if not words:
+            raise TargetError(f"the given answer {text!r} is empty")
+        try:
+            # as in training: the answer, then <eos> to the end of the canvas
+            return self.tokenizer.answer_canvas(words, max(min_length, len(words.split()) + 1))
+        except ValueError as err:
+            raise TargetError(f"answer {text!r}: {err}") from None
+
     def token_id(self, word: str) -> int:
         tid = self.tokenizer.token_to_id.get(word.strip().lower())
         if tid is None:

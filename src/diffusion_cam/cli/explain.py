@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("image", nargs="+", help="image file(s) (PNG, JPEG, ...)")
     p.add_argument("--prompt", required=True, help="question or instruction about the image")
     p.add_argument("--method", default="diffusion-cam", help="explanation method (default: diffusion-cam)")
+    p.add_argument("--answer", default=None, metavar="TEXT",
+                   help="explain this answer instead of generating one (explained from the final state)")
     p.add_argument("--targets", nargs="+", default=None, metavar="TOKEN",
                    help="answer tokens to explain, by index or word (default: all)")
     p.add_argument("--out", default="diffusion_cam_out",
@@ -121,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask) -> None:
-    exp = method.explain(image, args.prompt, targets=_targets(args.targets), faithfulness=args.faithfulness or False)
+    exp = method.explain(image, args.prompt, targets=_targets(args.targets), faithfulness=args.faithfulness or False,
+                         answer=args.answer)
     if mask is not None:
         exp.evaluate(mask)
     exp.save(out)

@@ -53,7 +53,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--layer", type=int, nargs="+", default=None,
                    help="block index(es) to hook (negative allowed; several are averaged); default: the model's")
-    g.add_argument("--state", choices=STATES, default="trajectory", help="forward to explain from (default: trajectory)")
+    g.add_argument("--state", choices=STATES, default=None,
+                   help="forward to explain from (default: trajectory; final with --answer)")
     g.add_argument("--score", choices=SCORES, default=None,
                    help="scalar differentiated per token (default: the model's measured choice; logit, the method "
                         "spec's, for other models)")
@@ -108,7 +109,8 @@ def method_kwargs(args: argparse.Namespace, adapter) -> dict:
     modules = [] if args.modules in (["none"], ["None"]) else list(args.modules)
     generation = generation_config(args, adapter)
     layer = None if args.layer is None else (args.layer[0] if len(args.layer) == 1 else args.layer)
-    return dict(layer=layer, state=args.state, score=args.score, cam=args.cam, modules=modules,
+    state = args.state or ("final" if getattr(args, "answer", None) is not None else "trajectory")
+    return dict(layer=layer, state=state, score=args.score, cam=args.cam, modules=modules,
                 sicd_mode=args.sicd_mode, akd_kernel=args.akd_kernel, akd_border=args.akd_border,
                 distractor=args.distractor,
                 chunk_size=args.chunk_size, generation=generation)

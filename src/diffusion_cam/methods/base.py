@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from ..adapters.base import Adapter, GenerationConfig, ImageGrid, ModelInputs
-from ..errors import DegenerateMapWarning, PromptError, TargetError, UnknownNameError
+from ..errors import DegenerateMapWarning, InfeasibleStateError, PromptError, TargetError, UnknownNameError
 from ..explanation import Explanation
 from ..extract import place_maps
 from ..generation import GenerationResult
@@ -109,15 +110,32 @@ class ExplanationMethod(ABC):
     # ------------------------------------------------------------- pipeline
     def generate(self, image: Any, prompt: str, gen_length: int | None = None) -> Run:
         """Load the image, build the inputs and generate the answer with its trajectory."""
+        images, config = self._images_and_config(image, prompt, gen_length)
+        inputs = self.adapter.prepare(images, prompt, config.gen_length)
+        return self._run(inputs, self.adapter.generate(inputs, config))
+
+    def given(self, image: Any, prompt: str, answer: str, gen_length: int | None = None) -> Run:
+        """Like :meth:`generate`, with ``answer`` on the canvas instead of a generated one (no trajectory)."""
+        images, config = self._images_and_config(image, prompt, gen_length)
+        canvas = self.adapter.answer_canvas(answer, config.gen_length)
+        inputs = self.adapter.prepare(images, prompt, len(canvas))
+        sequence = inputs.input_ids.clone()
+        sequence[inputs.answer_slice] = torch.tensor(canvas, dtype=sequence.dtype)
+        result = GenerationResult(sequence=sequence, answer_ids=list(canvas), steps=[],
+                                  config=replace(config, gen_length=len(canvas)), commit_step=[-1] * len(canvas))
+        return self._run(inputs, result)
+
+    def _images_and_config(self, image: Any, prompt: str, gen_length: int | None):
         if not isinstance(prompt, str) or not prompt.strip():
             # checked here so that every adapter refuses it the same way, before the image is decoded
             raise PromptError(f"prompt is empty ({prompt!r}): ask a question or give an instruction about the image")
         images = [load_image(im) for im in (image if isinstance(image, (list, tuple)) else [image])]
         config = self.generation
         if gen_length is not None:
-            config = GenerationConfig(**{**asdict(config), "gen_length": int(gen_length)})
-        inputs = self.adapter.prepare(images, prompt, config.gen_length)
-        result = self.adapter.generate(inputs, config)
+            config = replace(config, gen_length=int(gen_length))
+        return images, config
+
+    def _run(self, inputs: ModelInputs, result: GenerationResult) -> Run:
         stops = self.adapter.stop_token_ids
         answer_ids: list[int] = []
         for tid in result.answer_ids:
@@ -152,8 +170,14 @@ class ExplanationMethod(ABC):
         return sorted(set(chosen))
 
     def explain(self, image: Any, prompt: str, *, targets: Sequence[int | str] | int | str | None = None,
-                gen_length: int | None = None, faithfulness: bool | str = False) -> Explanation:
+                gen_length: int | None = None, faithfulness: bool | str = False,
+                answer: str | None = None) -> Explanation:
         """Generate an answer to ``prompt`` about ``image`` and explain its tokens.
+
+        ``answer``: explain this answer instead of generating one (e.g. a
+        reference caption, or a wrong answer, to see what would support it).
+        It was never denoised, so it has no trajectory: the method must use
+        the ``final`` state (one forward over the prompt, image and answer).
 
         ``faithfulness``: also measure every map's deletion and insertion
         curves (:mod:`diffusion_cam.metrics.faithfulness`; ``True`` or
@@ -161,7 +185,14 @@ class ExplanationMethod(ABC):
         kept in :attr:`Explanation.faithfulness`.  It costs 20 forwards per
         token, batched.
         """
-        run = self.generate(image, prompt, gen_length)
+        if answer is None:
+            run = self.generate(image, prompt, gen_length)
+        elif getattr(self, "state", "final") != "final":
+            raise InfeasibleStateError(
+                f"a given answer was never denoised, so it has no {self.state!r} state to explain it from; "
+                "use state='final' (CLI: --state final, the default with --answer)")
+        else:
+            run = self.given(image, prompt, answer, gen_length)
         indices = self.select(run, targets)
         raw = self.compute(run, indices)
         exp = self.build(run, indices, raw)
