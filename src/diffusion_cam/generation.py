@@ -187,8 +187,10 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
             break  # every position before the stop is committed
         lo, hi = a0 + b * block_len, a0 + (b + 1) * block_len
         n_block = int((x[lo:hi] == mask_id).sum())
-        if cfg.schedule in ("linear", "timestep"):
+        if cfg.schedule == "linear":
             planned = _split_evenly(n_block, steps_per_block)
+        elif cfg.schedule == "timestep":
+            planned = []  # counted at each step from the share still masked
         else:
             planned = curve_counts(n_block, steps_per_block, cfg.schedule, cfg.schedule_shift)
         for step in range(steps_per_block):
