@@ -227,6 +227,17 @@ def test_result_without_trajectory_falls_back_to_commit_steps(tmp_path):
         assert gif.n_frames == 4
 
 
+def test_a_given_answer_has_no_denoising_frames_and_shows_its_faithfulness(tmp_path):
+    e = make_explanation(("a", "red", "cross"), steps=[-1, -1, -1], trajectory=[])
+    e.metrics = {"per_token": [{"obj_iou": 0.5}] * 3}
+    e.faithfulness = {"replacement": "blur", "mean": {},
+                      "per_token": [{"deletion_auc": 0.1 * i, "insertion_auc": 0.9, "deletion": [1.0]} for i in range(3)]}
+    data = explanation_data(e)
+    assert data["steps"] == [] and [t["step"] for t in data["tokens"]] == [None, None, None]
+    assert data["tokens"][2]["metrics"] == {"obj_iou": 0.5, "deletion_auc": 0.2, "insertion_auc": 0.9}
+    assert "trajectory.gif" not in write_pictures(e, tmp_path)
+
+
 # ----------------------------------------------------------------- report
 def test_report_is_self_contained_and_escaped():
     e = make_explanation(("a", "<b>bold</b>", "</script>", "&amp;"), prompt="<script>alert(1)</script> & 'q'")

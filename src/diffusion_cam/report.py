@@ -160,11 +160,18 @@ def token_data_uri(exp: "Explanation", row: int, cmap: str = DEFAULT_CMAP, alpha
     return image_data_uri(overlay(exp.image, (exp.raw_maps if raw else exp.maps)[row], cmap, alpha))
 
 
-def _per_token_metrics(exp: "Explanation") -> list[dict[str, Any]]:
-    per = exp.metrics.get("per_token") if isinstance(exp.metrics, Mapping) else None
-    if isinstance(per, list) and len(per) == len(exp.tokens) and all(isinstance(p, Mapping) for p in per):
+def _rows(result: Any, n: int) -> list[dict[str, Any]]:
+    per = result.get("per_token") if isinstance(result, Mapping) else None
+    if isinstance(per, list) and len(per) == n and all(isinstance(p, Mapping) for p in per):
         return [dict(p) for p in per]
-    return [{} for _ in exp.tokens]
+    return [{} for _ in range(n)]
+
+
+def _per_token_metrics(exp: "Explanation") -> list[dict[str, Any]]:
+    """Localisation metrics (``exp.evaluate``) and deletion / insertion AUCs (``faithfulness=``) per token."""
+    n = len(exp.tokens)
+    faithful = [{k: r[k] for k in ("deletion_auc", "insertion_auc") if k in r} for r in _rows(exp.faithfulness, n)]
+    return [{**m, **f} for m, f in zip(_rows(exp.metrics, n), faithful)]
 
 
 def explanation_data(exp: "Explanation", cmap: str = DEFAULT_CMAP, alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:

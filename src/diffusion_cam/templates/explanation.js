@@ -50,7 +50,9 @@
     img.src = useRaw() && t.raw_uri ? t.raw_uri : t.uri;
     img.alt = "map of the word " + t.word;
     capWord.textContent = t.word;
-    var parts = ["answer position " + t.index, "committed at step " + fmt(t.step), "score " + fmt(t.score)];
+    var parts = ["answer position " + t.index,
+                 t.step === null ? "given answer (not denoised)" : "committed at step " + fmt(t.step),
+                 "score " + fmt(t.score)];
     if (t.degenerate) { parts.push("no evidence at the hooked layer"); }
     Object.keys(t.metrics || {}).forEach(function (name) { parts.push(name + " " + fmt(t.metrics[name])); });
     if (useRaw() && t.raw_uri) { parts.push("raw map"); }
