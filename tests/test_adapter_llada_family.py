@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -554,3 +555,18 @@ def test_sequence_longer_than_the_models_context_is_a_clear_error():
     model.config = Out(text_config=Out(max_position_embeddings=4096))
     assert adapter.context_length == 4096
     assert adapter.prepare([image(64, 64)], "what is this", 64).input_ids.shape[0] < 4096
+
+
+def test_a_package_the_family_code_needs_is_named_when_missing(tmp_path, monkeypatch):
+    import types
+
+    def needs_accelerate(*args, **kwargs):
+        raise ImportError("Using `low_cpu_mem_usage=True` or a `device_map` requires Accelerate")
+
+    # LLaDA-V's own loader always loads with low_cpu_mem_usage, which needs accelerate
+    monkeypatch.setitem(sys.modules, "llava.model.builder", types.SimpleNamespace(load_pretrained_model=needs_accelerate))
+    monkeypatch.setitem(sys.modules, "llava.mm_utils", types.SimpleNamespace())
+    (tmp_path / "config.json").write_text('{"model_type": "llava_llada"}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="needs a package that is not installed.*requires Accelerate"):
+        fam.load_components(spec_of("llada-v"), str(tmp_path))

@@ -206,8 +206,10 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
             if step == steps_per_block - 1:
                 k = n_left
             before = x.clone()
-            logits = adapter.forward(inputs, x[None])[0].float()
-            is_masked = x == mask_id
+            # only the open positions can be committed: a real model's (L, vocab) logits are
+            # gigabytes in float32, so everything below works on that window of them
+            logits = adapter.forward(inputs, x[None])[0][open_lo:open_hi].float()
+            is_masked = x[open_lo:open_hi] == mask_id
             if cfg.suppress_token_ids:
                 logits[is_masked.nonzero()[:, 0][:, None], list(cfg.suppress_token_ids)] = -np.inf
             if cfg.temperature > 0:
@@ -218,8 +220,6 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
             else:
                 pred = logits.argmax(-1)
             conf = _confidence(logits, pred, cfg.remasking, generator)
-            conf[:open_lo] = -np.inf
-            conf[open_hi:] = -np.inf
             conf = torch.where(is_masked, conf, torch.full_like(conf, -np.inf))
             if cfg.threshold is not None and k < n_left:
                 # confident decoding: everything above the threshold, else the scheduled count
@@ -231,8 +231,8 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
                 k = 1
             # stable sort: ties commit the leftmost position, so runs are reproducible
             order = torch.sort(conf, descending=True, stable=True).indices[:k]
-            x[order] = pred[order]
-            positions = sorted(int(p) - a0 for p in order)
+            x[open_lo + order] = pred[order]
+            positions = sorted(int(p) + open_lo - a0 for p in order)
             for p in positions:
                 commit_step[p] = len(record)
             if stops:

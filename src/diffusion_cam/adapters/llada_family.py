@@ -308,6 +308,10 @@ def load_components(spec: Any, name: str, *, allow_pickle: bool = False, torch_d
             return {"model": model, "tokenizer": tokenizer, "processor": processor, "config": model.config}
     except ModelLoadError:
         raise
+    except ImportError as err:
+        # e.g. LLaDA-V's loader always loads with low_cpu_mem_usage, which needs accelerate
+        raise ModelLoadError(f"cannot load {spec.family} checkpoint {name!r}: the family's code needs a package that "
+                             f"is not installed ({err})") from None
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
         raise ModelLoadError(f"cannot load {spec.family} checkpoint {name!r} from {path}: {err}") from None
     raise ModelLoadError(f"family {spec.name!r} names an unknown loader {kind!r}")
