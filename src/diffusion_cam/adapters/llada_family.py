@@ -279,8 +279,12 @@ def load_components(spec: Any, name: str, *, allow_pickle: bool = False, torch_d
         if kind == "llava":
             builder = _import("llava.model.builder", spec.family, "the family's repository (its `llava` folder)")
             mm_utils = _import("llava.mm_utils", spec.family, "the family's repository")
+            # the LLaVA builder knows only float16 (its default, as in LLaDA-V's demo) and bfloat16;
+            # other dtypes load as bfloat16 and load_model() converts them afterwards
+            asked = None if torch_dtype is None else str(torch_dtype).removeprefix("torch.")
+            dtype = {} if asked is None else {"torch_dtype": "float16" if asked == "float16" else "bfloat16"}
             tokenizer, model, image_processor, _ = builder.load_pretrained_model(
-                path, None, "llava_llada", attn_implementation="sdpa", **spec.loader_kwargs)
+                path, None, "llava_llada", attn_implementation="sdpa", **dtype, **spec.loader_kwargs)
 
             def image_fn(images):
                 pixels = mm_utils.process_images(images, image_processor, model.config)
