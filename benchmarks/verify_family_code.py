@@ -1,0 +1,190 @@
+"""Check the LLaDA-V, LaViDa and MMaDA adapters against the families' own model code, with tiny random weights.
+
+No released weights are needed (nor a GPU). For one family the script builds
+a tiny random checkpoint with the family's own classes, at the real image
+geometry:
+
+* LLaDA-V and LaViDa: their ``llava`` package (a SigLIP tower at 384 px /
+  14 px, the MLP projector, the LLaDA decoder, the anyres tiling with its
+  newline column; LaViDa's 2 x 2 pooling and Prefix-DLM);
+* MMaDA: its ``models`` package (MAGVIT-v2 at its real architecture, so
+  512 px give 32 x 32 codes, and the LLaDA decoder with the code vocabulary).
+
+It saves the checkpoint, loads it back through the adapter (which calls the
+family's own loader and, for the LLaVA families, its
+``prepare_inputs_labels_for_multimodal``), generates with the library's
+sampler, checks the image layout against what the family's code produces,
+and explains the answer with Diffusion-CAM: every map must be finite and
+non-empty.
+
+    git clone https://github.com/ML-GSAI/LLaDA-V
+    git clone https://github.com/jacklishufan/LaViDa
+    git clone https://github.com/Gen-Verse/MMaDA
+    pip install "transformers==4.46.3" einops accelerate   # their code predates transformers 5
+    pip install --no-deps deepspeed hjson ninja py-cpuinfo msgpack   # LaViDa imports deepspeed
+    pip install --no-deps diffusers==0.31.0 omegaconf antlr4-python3-runtime==4.9.3 jaxtyping wadler_lindig  # MMaDA
+    python benchmarks/verify_family_code.py --family llada-v --repo LLaDA-V/train
+    python benchmarks/verify_family_code.py --family lavida --repo LaViDa
+    python benchmarks/verify_family_code.py --family mmada --repo MMaDA
+
+The tokenizer is a stand-in (a word-level vocabulary of the right size with
+LLaDA's special tokens at their ids): the real tokenizer is not needed to
+check the image side, the forward and the gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VOCAB = 126464  # LLaDA's text vocabulary
+SPECIAL = {126080: "<|startoftext|>", 126081: "<|endoftext|>", 126336: "<|mdm_mask|>", 126346: "<|start_header_id|>",
+           126347: "<|end_header_id|>", 126348: "<|eot_id|>", 126084: "<|soi|>", 126085: "<|eoi|>", 126089: "<|mmu|>",
+           0: "[PAD]", 1: "[UNK]"}
+WORDS = ("a the and is what describe image this you are helpful language vision assistant able to understand "
+         "visual content that user provides assist with variety of tasks using natural . , ?").split()
+# LLaDA-8B's decoder, scaled down (the OLMo-style fields LaViDa's and MMaDA's copies read)
+TINY_LLADA = dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=3, mlp_hidden_size=128, activation_type="silu",
+                  block_type="llama", rope=True, rope_theta=500000.0, include_bias=False, include_qkv_bias=False,
+                  layer_norm_type="rms", rms_norm_eps=1e-5, weight_tying=False, init_device="cpu",
+                  mask_token_id=126336, pad_token_id=126081, eos_token_id=126081, attention_layer_norm=False,
+                  scale_logits=False)
+LLAVA_COMMON = dict(mm_projector_type="mlp2x_gelu", mm_hidden_size=32, use_mm_proj=True, mm_vision_select_layer=-2,
+                    mm_vision_select_feature="patch", mm_patch_merge_type="spatial_unpad",
+                    mm_tunable_parts="mm_vision_tower,mm_mlp_adapter,mm_language_model", mm_use_im_start_end=False,
+                    mm_use_im_patch_token=False, tokenizer_model_max_length=8192, tokenizer_padding_side="right")
+
+
+def _siglip(out: Path) -> Path:
+    from llava.model.multimodal_encoder.siglip_encoder import SigLipVisionConfig, SigLipVisionModel
+
+    tower = out / "siglip"  # the families' tower builders recognise SigLIP by this word in the path
+    SigLipVisionModel(SigLipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                         num_attention_heads=2, image_size=384, patch_size=14)
+                      ).save_pretrained(tower, safe_serialization=True)
+    return tower
+
+
+def _llada_v(out: Path):
+    from llava.model.language_model.llava_llada import LlavaLLaDAConfig, LlavaLLaDAModelLM
+
+    tower = _siglip(out)
+    config = LlavaLLaDAConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=8192,
+                              rope_theta=500000.0, tie_word_embeddings=False)
+    # the image settings of LLaDA-V's fine-tuning script (train/scripts/llada_v_finetune.sh)
+    config.update(dict(LLAVA_COMMON, mm_vision_tower=str(tower), image_aspect_ratio="anyres_max_4",
+                       image_grid_pinpoints="(1x1),...,(6x6)", architectures=["LlavaLLaDAModelLM"]))
+    return LlavaLLaDAModelLM(config), {}
+
+
+def _lavida(out: Path):
+    from llava.model.language_model.llava_llada import LlavaLladaConfig, LlavaLladaForMaskedDiffusion
+
+    tower = _siglip(out)
+    config = LlavaLladaConfig(**TINY_LLADA, vocab_size=VOCAB, embedding_size=VOCAB, max_sequence_length=8192)
+    # LaViDa's image settings: anyres over five pinpoints, every view pooled 2 x 2 (bilinear)
+    config.update(dict(LLAVA_COMMON, mm_vision_tower=str(tower), image_aspect_ratio="anyres",
+                       image_grid_pinpoints=[[384, 768], [768, 384], [768, 768], [1152, 384], [384, 1152]],
+                       mm_spatial_pool_mode="bilinear", mm_spatial_pool_stride=2, resampler_type=None,
+                       vision_tower_pretrained="", architectures=["LlavaLladaForMaskedDiffusion"]))
+    vision = dict(mm_vision_tower=str(tower), mm_resampler_type=None, mm_projector_type="mlp2x_gelu",
+                  mm_hidden_size=32, use_mm_proj=True)
+    # the shipped family file names the hub's SigLIP; point it at the tiny one
+    return LlavaLladaForMaskedDiffusion(config, vision_kwargs=vision, init_params=True), {"vision_kwargs": vision}
+
+
+def _mmada(out: Path):
+    import models
+    from models.configuration_llada import ModelConfig
+
+    models.MAGVITv2().save_pretrained(out / "magvitv2")  # random weights, the real architecture
+    fields = {k: getattr(v, "value", v) for k, v in ModelConfig().__dict__.items()}
+    fields.update(TINY_LLADA, vocab_size=VOCAB + 8192, embedding_size=VOCAB + 8192, max_sequence_length=4096)
+    config = models.MMadaConfig(**fields, llm_vocab_size=VOCAB, codebook_size=8192, num_vq_tokens=1024,
+                                new_vocab_size=VOCAB + 8192, use_cache=False, architectures=["MMadaModelLM"])
+    return models.MMadaModelLM(config, init_params=True), {"vq_model": str(out / "magvitv2")}
+
+
+# family -> (tiny model builder, shape of its first image grid for a 640 x 480 image)
+FAMILIES = {"llada-v": (_llada_v, (27, 27)), "lavida": (_lavida, (14, 14)), "mmada": (_mmada, (32, 32))}
+
+
+def build(family: str, out: Path) -> dict:
+    """Write a tiny random checkpoint made with the family's own classes; returns loader options to use."""
+    torch.manual_seed(0)
+    model, loader_kwargs = FAMILIES[family][0](out)
+    newline = getattr(model.get_model(), "image_newline", None) if hasattr(model, "get_model") else None
+    if newline is not None:
+        with torch.no_grad():  # LLaVA creates it with torch.empty; a trained checkpoint holds values
+            newline.normal_(0, 0.02)
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    assert not bad, f"non-finite parameters in the tiny model: {bad}"
+    model.save_pretrained(out, safe_serialization=True)
+    vocab = [SPECIAL.get(i, f"[unused{i}]") for i in range(VOCAB)]
+    for k, word in enumerate(dict.fromkeys(WORDS)):
+        vocab[10 + k] = word
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "BertTokenizer", "do_lower_case": True, "unk_token": "[UNK]", "pad_token": "[PAD]",
+        "additional_special_tokens": [v for k, v in SPECIAL.items() if k >= 126000], "model_max_length": 8192}))
+    return loader_kwargs
+
+
+def check(family: str, out: Path, loader_kwargs: dict, size: tuple[int, int]) -> None:
+    import diffusion_cam as dc
+    from diffusion_cam.adapters.config_adapter import FAMILIES_DIR
+    from PIL import Image
+
+    # the shipped family file, with its hub-hosted parts (vision tower, VQ model) pointed at the tiny ones
+    spec = json.loads((FAMILIES_DIR / f"{family.replace('-', '_')}.json").read_text())
+    for key, value in loader_kwargs.items():
+        spec["loader_kwargs"][key] = {**spec["loader_kwargs"][key], **value} if isinstance(value, dict) else value
+    family_file = out / "family.json"
+    family_file.write_text(json.dumps(spec))
+    t0 = time.perf_counter()
+    adapter = dc.load_model(str(family_file), checkpoint=str(out), trust_remote_code=True, dtype="float32")
+    print(f"loaded {adapter.family} through the family's own loader in {time.perf_counter() - t0:.1f} s")
+    image = np.asarray(Image.open(dc.example_scenes()[2].image).convert("RGB").resize(size))
+    method = dc.DiffusionCAM(adapter, layer=1,
+                             generation=replace(adapter.default_generation, gen_length=8, steps=8, block_length=8))
+    t0 = time.perf_counter()
+    exp = method.explain(image, "describe the image")
+    print(f"generated and explained {len(exp.tokens)} tokens in {time.perf_counter() - t0:.1f} s")
+    run = method.generate(image, "describe the image")
+    grids = adapter.image_grids(run.inputs, run.generation.sequence)
+    print(f"sequence of {run.inputs.input_ids.numel()} positions; image grids "
+          + ", ".join(f"{g.shape[0]}x{g.shape[1]}" for g in grids))
+    expected = FAMILIES[family][1]
+    assert grids[0].shape == expected, f"the first grid should be {expected[0]} x {expected[1]}, not {grids[0].shape}"
+    assert np.isfinite(exp.maps).all() and exp.maps.shape == (len(exp.tokens), size[1], size[0])
+    assert not any(exp.degenerate), "every map should carry evidence"
+    print(f"maps {exp.maps.shape}, every map finite and non-empty: OK")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    ap.add_argument("--repo", required=True, help="the folder holding the family's package "
+                                                  "(LLaDA-V: its train/ folder; LaViDa, MMaDA: the clone)")
+    ap.add_argument("--out", default=None, help="where to write the tiny checkpoint (default: tiny-FAMILY)")
+    ap.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"), help="test image size")
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(args.repo).resolve()))
+    warnings.filterwarnings("ignore")
+    out = Path(args.out or f"tiny-{args.family}")
+    out.mkdir(parents=True, exist_ok=True)
+    check(args.family, out, build(args.family, out), tuple(args.size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
