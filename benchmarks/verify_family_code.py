@@ -1,4 +1,4 @@
-"""Check the LLaDA-V, LaViDa and MMaDA adapters against the families' own model code, with tiny random weights.
+"""Check the LLaDA-V, LaViDa, MMaDA and Lumina-DiMOO adapters on the families' own model code, with tiny random weights.
 
 No released weights are needed (nor a GPU). For one family the script builds
 a tiny random checkpoint with the family's own classes, at the real image
@@ -8,7 +8,9 @@ geometry:
   14 px, the MLP projector, the LLaDA decoder, the anyres tiling with its
   newline column; LaViDa's 2 x 2 pooling and Prefix-DLM);
 * MMaDA: its ``models`` package (MAGVIT-v2 at its real architecture, so
-  512 px give 32 x 32 codes, and the LLaDA decoder with the code vocabulary).
+  512 px give 32 x 32 codes, and the LLaDA decoder with the code vocabulary);
+* Lumina-DiMOO: its ``model`` package (the LLaDA decoder with its
+  multimodal forward) and a diffusers VQ-VAE downsampling 16 times.
 
 It saves the checkpoint, loads it back through the adapter (which calls the
 family's own loader and, for the LLaVA families, its
@@ -20,12 +22,14 @@ non-empty.
     git clone https://github.com/ML-GSAI/LLaDA-V
     git clone https://github.com/jacklishufan/LaViDa
     git clone https://github.com/Gen-Verse/MMaDA
+    git clone https://github.com/Alpha-VLLM/Lumina-DiMOO
     pip install "transformers==4.46.3" einops accelerate   # their code predates transformers 5
     pip install --no-deps deepspeed hjson ninja py-cpuinfo msgpack   # LaViDa imports deepspeed
     pip install --no-deps diffusers==0.31.0 omegaconf antlr4-python3-runtime==4.9.3 jaxtyping wadler_lindig  # MMaDA
     python benchmarks/verify_family_code.py --family llada-v --repo LLaDA-V/train
     python benchmarks/verify_family_code.py --family lavida --repo LaViDa
     python benchmarks/verify_family_code.py --family mmada --repo MMaDA
+    python benchmarks/verify_family_code.py --family lumina-dimoo --repo Lumina-DiMOO
 
 The tokenizer is a stand-in (a word-level vocabulary of the right size with
 LLaDA's special tokens at their ids): the real tokenizer is not needed to
@@ -114,8 +118,22 @@ def _mmada(out: Path):
     return models.MMadaModelLM(config, init_params=True), {"vq_model": str(out / "magvitv2")}
 
 
+def _lumina(out: Path):
+    import diffusers
+    from model import LLaDAForMultiModalGeneration
+    from model.configuration_llada import LLaDAConfig
+
+    # a VQ-VAE that downsamples 16 times, as Lumina-DiMOO's, with tiny channels and random weights
+    diffusers.VQModel(down_block_types=("DownEncoderBlock2D",) * 5, up_block_types=("UpDecoderBlock2D",) * 5,
+                      block_out_channels=(8, 8, 16, 16, 16), layers_per_block=1, latent_channels=4,
+                      num_vq_embeddings=8192, vq_embed_dim=4, norm_num_groups=4).save_pretrained(out / "vqvae")
+    config = LLaDAConfig(**TINY_LLADA, vocab_size=126356 + 8192, embedding_size=126356 + 8192, max_sequence_length=8192)
+    return LLaDAForMultiModalGeneration(config, init_params=True), {}
+
+
 # family -> (tiny model builder, shape of its first image grid for a 640 x 480 image)
-FAMILIES = {"llada-v": (_llada_v, (27, 27)), "lavida": (_lavida, (14, 14)), "mmada": (_mmada, (32, 32))}
+FAMILIES = {"llada-v": (_llada_v, (27, 27)), "lavida": (_lavida, (14, 14)), "mmada": (_mmada, (32, 32)),
+            "lumina-dimoo": (_lumina, (54, 72))}  # 640 x 480 at about 1024^2 pixels: 1152 x 864, / 16
 
 
 def build(family: str, out: Path) -> dict:
@@ -174,7 +192,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", choices=sorted(FAMILIES), required=True)
     ap.add_argument("--repo", required=True, help="the folder holding the family's package "
-                                                  "(LLaDA-V: its train/ folder; LaViDa, MMaDA: the clone)")
+                                                  "(LLaDA-V: its train/ folder; the others: the clone)")
     ap.add_argument("--out", default=None, help="where to write the tiny checkpoint (default: tiny-FAMILY)")
     ap.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"), help="test image size")
     args = ap.parse_args()
