@@ -1,4 +1,4 @@
-"""Check the LLaDA-V, LaViDa, MMaDA and Lumina-DiMOO adapters on the families' own model code, with tiny random weights.
+"""Check the LLaDA-V, LaViDa, MMaDA, Lumina-DiMOO and Dimple adapters on the families' own code, with tiny random weights.
 
 No released weights are needed (nor a GPU). For one family the script builds
 a tiny random checkpoint with the family's own classes, at the real image
@@ -10,7 +10,11 @@ geometry:
 * MMaDA: its ``models`` package (MAGVIT-v2 at its real architecture, so
   512 px give 32 x 32 codes, and the LLaDA decoder with the code vocabulary);
 * Lumina-DiMOO: its ``model`` package (the LLaDA decoder with its
-  multimodal forward) and a diffusers VQ-VAE downsampling 16 times.
+  multimodal forward) and a diffusers VQ-VAE downsampling 16 times;
+* Dimple: its remote code (``training-code/models``: the Qwen2-VL-style
+  vision tower, the Dream decoder, its image processor and processor),
+  copied next to the tiny weights as a hub checkpoint holds it, with a
+  byte-level stand-in for the Qwen2 tokenizer.
 
 It saves the checkpoint, loads it back through the adapter (which calls the
 family's own loader and, for the LLaVA families, its
@@ -23,6 +27,7 @@ non-empty.
     git clone https://github.com/jacklishufan/LaViDa
     git clone https://github.com/Gen-Verse/MMaDA
     git clone https://github.com/Alpha-VLLM/Lumina-DiMOO
+    git clone https://github.com/yu-rp/Dimple
     pip install "transformers==4.46.3" einops accelerate   # their code predates transformers 5
     pip install --no-deps deepspeed hjson ninja py-cpuinfo msgpack   # LaViDa imports deepspeed
     pip install --no-deps diffusers==0.31.0 omegaconf antlr4-python3-runtime==4.9.3 jaxtyping wadler_lindig  # MMaDA
@@ -30,10 +35,12 @@ non-empty.
     python benchmarks/verify_family_code.py --family lavida --repo LaViDa
     python benchmarks/verify_family_code.py --family mmada --repo MMaDA
     python benchmarks/verify_family_code.py --family lumina-dimoo --repo Lumina-DiMOO
+    python benchmarks/verify_family_code.py --family dimple --repo Dimple
 
-The tokenizer is a stand-in (a word-level vocabulary of the right size with
-LLaDA's special tokens at their ids): the real tokenizer is not needed to
-check the image side, the forward and the gradients.
+The tokenizers are stand-ins (a word-level vocabulary of the right size with
+LLaDA's special tokens at their ids; for Dimple a byte-level one with
+Qwen2's): the real tokenizers are not needed to check the image side, the
+forward and the gradients.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+REPO = Path(".")  # the family's repository (set from --repo)
 VOCAB = 126464  # LLaDA's text vocabulary
 SPECIAL = {126080: "<|startoftext|>", 126081: "<|endoftext|>", 126336: "<|mdm_mask|>", 126346: "<|start_header_id|>",
            126347: "<|end_header_id|>", 126348: "<|eot_id|>", 126084: "<|soi|>", 126085: "<|eoi|>", 126089: "<|mmu|>",
@@ -131,9 +139,55 @@ def _lumina(out: Path):
     return LLaDAForMultiModalGeneration(config, init_params=True), {}
 
 
+def _dimple(out: Path):
+    """Dimple ships its code with the checkpoint (remote code): copy it next to the tiny weights."""
+    import shutil
+
+    import transformers
+
+    code = REPO / "training-code" / "models"
+    for f in code.glob("*.py"):
+        shutil.copy(f, out / f.name)
+    shutil.copy(code / "configuration_dimple.py", out / "configuration_Dimple.py")  # the spelling modeling imports
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, window_size=112, out_hidden_size=64, fullatt_block_indexes=[1])
+    (out / "config.json").write_text(json.dumps({
+        "model_type": "dimple", "architectures": ["DimpleModel"],
+        "auto_map": {"AutoConfig": "configuration_Dimple.DimpleConfig", "AutoModel": "modeling_dimple.DimpleModel"},
+        "vocab_size": 151936, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 32768,
+        "mrope_section": [2, 3, 3], "vision_config": vision}))
+    # through transformers' remote-code loader, as a user's checkpoint would be read
+    config = transformers.AutoConfig.from_pretrained(out, trust_remote_code=True)
+    # a byte-level stand-in for the Qwen2 tokenizer: the 256 byte symbols, fillers up to 151643, Qwen2's specials
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols = printable + [256 + k for k in range(256 - len(printable))]
+    vocab = {chr(c): i for i, c in enumerate(symbols)}
+    vocab.update({f"<filler_{i}>": i for i in range(len(vocab), 151643)})
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    specials = {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>", 151652: "<|vision_start|>",
+                151653: "<|vision_end|>", 151654: "<|vision_pad|>", 151655: "<|image_pad|>", 151656: "<|video_pad|>",
+                151665: "<|beginoftext|>", 151666: "<|mask|>"}
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "DimpleTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_dimple.DimpleTokenizer", None]},
+        "added_tokens_decoder": {str(k): {"content": v, "special": True, "lstrip": False, "rstrip": False,
+                                          "normalized": False, "single_word": False} for k, v in specials.items()},
+        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "model_max_length": 32768}))
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "DimpleImageProcessor", "processor_class": "DimpleProcessor",
+        "auto_map": {"AutoImageProcessor": "image_processing_dimple.DimpleImageProcessor",
+                     "AutoProcessor": "processing_dimple.DimpleProcessor"},
+        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    model = transformers.AutoModel.from_config(config, trust_remote_code=True)
+    return model, None  # None: the tokenizer is written, not the shared stand-in
+
+
 # family -> (tiny model builder, shape of its first image grid for a 640 x 480 image)
 FAMILIES = {"llada-v": (_llada_v, (27, 27)), "lavida": (_lavida, (14, 14)), "mmada": (_mmada, (32, 32)),
-            "lumina-dimoo": (_lumina, (54, 72))}  # 640 x 480 at about 1024^2 pixels: 1152 x 864, / 16
+            "lumina-dimoo": (_lumina, (54, 72)),  # 640 x 480 at about 1024^2 pixels: 1152 x 864, / 16
+            "dimple": (_dimple, (17, 23))}  # Qwen2-VL's resize to 476 x 644 px, 14 px patches merged 2 x 2
 
 
 def build(family: str, out: Path) -> dict:
@@ -147,6 +201,8 @@ def build(family: str, out: Path) -> dict:
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     assert not bad, f"non-finite parameters in the tiny model: {bad}"
     model.save_pretrained(out, safe_serialization=True)
+    if loader_kwargs is None:
+        return {}
     vocab = [SPECIAL.get(i, f"[unused{i}]") for i in range(VOCAB)]
     for k, word in enumerate(dict.fromkeys(WORDS)):
         vocab[10 + k] = word
@@ -165,6 +221,7 @@ def check(family: str, out: Path, loader_kwargs: dict, size: tuple[int, int]) ->
     # the shipped family file, with its hub-hosted parts (vision tower, VQ model) pointed at the tiny ones
     spec = json.loads((FAMILIES_DIR / f"{family.replace('-', '_')}.json").read_text())
     for key, value in loader_kwargs.items():
+        spec.setdefault("loader_kwargs", {}).setdefault(key, {})
         spec["loader_kwargs"][key] = {**spec["loader_kwargs"][key], **value} if isinstance(value, dict) else value
     family_file = out / "family.json"
     family_file.write_text(json.dumps(spec))
@@ -196,7 +253,9 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="where to write the tiny checkpoint (default: tiny-FAMILY)")
     ap.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"), help="test image size")
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(args.repo).resolve()))
+    global REPO
+    REPO = Path(args.repo).resolve()
+    sys.path.insert(0, str(REPO))
     warnings.filterwarnings("ignore")
     out = Path(args.out or f"tiny-{args.family}")
     out.mkdir(parents=True, exist_ok=True)
