@@ -21,6 +21,7 @@ from ..explanation import Explanation
 from ..extract import place_maps
 from ..generation import GenerationResult
 from ..io import load_image
+from ..metrics.faithfulness import REPLACEMENTS
 from ..refine.akd import BORDERS as AKD_BORDERS
 from ..words import find_word
 
@@ -185,6 +186,9 @@ class ExplanationMethod(ABC):
         kept in :attr:`Explanation.faithfulness`.  It costs 20 forwards per
         token, batched.
         """
+        replacement = "blur" if faithfulness is True else faithfulness
+        if replacement and replacement not in REPLACEMENTS:  # before the model runs, not after
+            raise UnknownNameError(f"unknown replacement {replacement!r}; choose one of {', '.join(REPLACEMENTS)}")
         if answer is None:
             run = self.generate(image, prompt, gen_length)
         elif getattr(self, "state", "final") != "final":
@@ -196,15 +200,15 @@ class ExplanationMethod(ABC):
         indices = self.select(run, targets)
         raw = self.compute(run, indices)
         exp = self.build(run, indices, raw)
-        if faithfulness:
-            exp.faithfulness = self.faithfulness(run, exp, "blur" if faithfulness is True else faithfulness)
+        if replacement:
+            exp.faithfulness = self.faithfulness(run, exp, replacement)
         return exp
 
     @staticmethod
     def faithfulness(run: Run, exp: Explanation, replacement: str = "blur", **options: Any) -> dict[str, Any]:
         """Deletion / insertion curves and AUCs of every explained token's map (``options``: see
         :func:`~diffusion_cam.metrics.faithfulness.deletion_insertion`)."""
-        from ..metrics.faithfulness import REPLACEMENTS, PerturbationTarget, deletion_insertion
+        from ..metrics.faithfulness import PerturbationTarget, deletion_insertion
 
         if replacement not in REPLACEMENTS:
             raise UnknownNameError(f"unknown replacement {replacement!r}; choose one of {', '.join(REPLACEMENTS)}")
