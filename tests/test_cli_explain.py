@@ -1,5 +1,6 @@
 """The explain command end to end on the tiny model, and ground-truth metrics."""
 
+import html
 import json
 
 import numpy as np
@@ -48,13 +49,20 @@ def test_several_images_get_one_folder_each_and_a_bad_one_costs_only_itself(tmp_
             "--model", "tiny-random", "--no-pictures", "--out", str(out)]
     assert main(args) == 2
     captured = capsys.readouterr()
-    assert sorted(p.name for p in out.iterdir()) == ["photo", "photo-2"]
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "photo", "photo-2"]
     for folder, path in zip(("photo", "photo-2"), paths):
         single = tmp_path / f"single-{folder}"
         assert main(["explain", str(path), *args[4:-1], str(single)]) == 0
         assert (out / folder / "result.json").read_text() == (single / "result.json").read_text()
     assert "missing.png" in captured.err and "1 of 3 images failed" in captured.err
     assert captured.out.count("answer: ") == 2
+    # one page lists every image: its answer and a link to its folder, or why it failed
+    index = (out / "index.html").read_text()
+    answers = [json.loads((out / f / "result.json").read_text())["answer"] for f in ("photo", "photo-2")]
+    assert all(html.escape(a) in index for a in answers)
+    assert 'href="photo/result.json"' in index and 'href="photo-2/result.json"' in index
+    assert "report.html" not in index  # --no-pictures: there is no report to link
+    assert "missing.png" in index and "1 failed" in index
     assert main([*args[:2], str(paths[1]), *args[4:-1], str(out), "--mask", str(paths[0])]) == 2
     assert "--mask belongs to one image; 2 images were given" in capsys.readouterr().err
 

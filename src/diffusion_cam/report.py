@@ -147,6 +147,32 @@ def _page(title: str, body: str, data: Any = None, script: str = "") -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], _template("page.html"))
 
 
+def index_html(entries: Sequence[Mapping[str, Any]], prompt: str) -> str:
+    """One page listing the explanations of several images (``explain IMAGE IMAGE ...``).
+
+    Each entry: ``image`` (the file given), ``folder`` (relative to the
+    page), and either ``answer`` and ``thumbnail`` (an RGB array) with
+    ``report`` (whether the folder has report.html), or ``error``.
+    """
+    rows = []
+    for e in entries:
+        folder = str(e["folder"]).rstrip("/")
+        if "error" in e:
+            rows.append(f'<tr><td></td><td>{esc(e["image"])}</td><td class="error">{esc(e["error"])}</td><td></td></tr>')
+            continue
+        thumb = f'<img src="{image_data_uri(e["thumbnail"], 96)}" alt="">' if e.get("thumbnail") is not None else ""
+        links = [f'<a href="{esc(folder)}/report.html">report</a>'] if e.get("report") else []
+        links.append(f'<a href="{esc(folder)}/result.json">result.json</a>')
+        rows.append(f'<tr><td>{thumb}</td><td>{esc(e["image"])}</td><td>{esc(e["answer"])}</td>'
+                    f'<td>{" · ".join(links)}</td></tr>')
+    failed = sum("error" in e for e in entries)
+    summary = f"{len(entries)} images, prompt {esc(repr(prompt))}" + (f", {failed} failed" if failed else "")
+    body = (f"<h1>diffusion-cam explanations</h1><p>{summary}</p>"
+            "<table><thead><tr><th></th><th>image</th><th>answer</th><th></th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+    return _page("diffusion-cam explanations", body)
+
+
 def _colorbar_html(cmap: str) -> str:
     ramp = np.repeat(colormap_lut(cmap)[None], 4, axis=0)
     return (f'<div class="colorbar"><img alt="colour scale" src="{image_data_uri(ramp)}">'

@@ -104,25 +104,39 @@ def run(args: argparse.Namespace) -> int:
     adapter = load_adapter(args)
     method = get_method(args.method, adapter, **method_kwargs(args, adapter))
     mask = load_mask(args.mask) if args.mask else None
-    failed = 0
+    failed, entries = 0, []
     for image, folder in zip(args.image, folders):
         if len(args.image) > 1:
             print(f"{image}:")
         try:
-            _explain_one(method, image, args, folder, mask)
+            exp = _explain_one(method, image, args, folder, mask)
         except DiffusionCamError as err:
             if len(args.image) == 1:
                 raise
             # one unreadable image does not cost the others their run
             failed += 1
-            print(f"error: {image}: {' '.join(str(err).split())}", file=sys.stderr)
+            message = " ".join(str(err).split())
+            print(f"error: {image}: {message}", file=sys.stderr)
+            entries.append({"image": image, "folder": folder.name, "error": message})
+        else:
+            entries.append({"image": image, "folder": folder.name, "answer": exp.answer, "thumbnail": exp.image,
+                            "report": not args.no_pictures})
+    if len(args.image) > 1:
+        from ..errors import OutputError
+        from ..report import index_html
+
+        try:
+            (out / "index.html").write_text(index_html(entries, args.prompt), encoding="utf-8")
+        except OSError as err:
+            raise OutputError(f"cannot write {out / 'index.html'}: {err.strerror or err}") from None
+        print(f"wrote index.html (every image, its answer and its report) to {out}")
     if failed:
         print(f"{failed} of {len(args.image)} images failed", file=sys.stderr)
         return 2
     return 0
 
 
-def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask) -> None:
+def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask):
     exp = method.explain(image, args.prompt, targets=_targets(args.targets), faithfulness=args.faithfulness or False,
                          answer=args.answer)
     if mask is not None:
@@ -144,3 +158,4 @@ def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask) 
               f"deletion_auc={mean['deletion_auc']:.3f} (lower is better), "
               f"insertion_auc={mean['insertion_auc']:.3f} (higher is better)")
     print(f"wrote {', '.join(written)} to {out}")
+    return exp
