@@ -6,6 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from ..metrics.faithfulness import REPLACEMENTS
 from .options import add_method_options, add_model_options, load_adapter, method_kwargs
 
 
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", default=None, metavar="PNG",
                    help="ground-truth label image (0 = background) or binary mask: adds localisation metrics "
                         "(one image only)")
-    p.add_argument("--faithfulness", nargs="?", const="blur", default=None, choices=("blur", "mean", "road"),
+    p.add_argument("--faithfulness", nargs="?", const="blur", default=None, choices=REPLACEMENTS,
                    help="also measure deletion / insertion AUC of every map; removed patches show a blurred copy "
                         "(default), the mean colour or ROAD's imputation")
     add_model_options(p)
@@ -81,7 +82,7 @@ def output_folders(images: list[str], out: Path) -> list[Path]:
         return [out]
     folders, seen = [], set()
     for image in images:
-        name = safe_slug(Path(image).stem, limit=64) or "image"
+        name = safe_slug(Path(image).stem, limit=64)
         unique, n = name, 1
         while unique in seen:
             n += 1

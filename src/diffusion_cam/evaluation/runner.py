@@ -90,7 +90,7 @@ class BenchConfig:
     method_options: dict[str, Any] = field(default_factory=dict)  # shared by every method (layer, state, ...)
     faithfulness: bool = True
     blur_sigma: float | None = None
-    replacement: str = "blur"  # what removed patches show: blur or mean
+    replacement: str = "blur"  # what removed patches show: one of metrics.faithfulness.REPLACEMENTS
     batch_size: int = 64
     save_explanations: int = 0  # keep the explanations of the first N items (-1: all)
     retry_failed: bool = False

@@ -47,7 +47,8 @@ def cam_from_grid(acts: torch.Tensor, grads: torch.Tensor, formula: str = "posca
         g2 = grads.square()
         denominator = 2 * g2 + acts.sum(dim=(0, 1)) * g2 * grads
         # positions without gradient, or whose denominator vanishes, get no weight
-        alpha = torch.where(denominator != 0, g2 / torch.where(denominator != 0, denominator, 1.0), 0.0)
+        defined = denominator != 0
+        alpha = torch.where(defined, g2 / torch.where(defined, denominator, 1.0), 0.0)
         weights = (alpha * grads.clamp(min=0)).sum(dim=(1, 2))  # (K, D)
         maps = torch.einsum("kd,hwd->khw", weights, acts).clamp(min=0)
     return normalize(maps, finite)
