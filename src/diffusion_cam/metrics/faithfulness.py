@@ -33,8 +33,6 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
-import scipy.sparse
-import scipy.sparse.linalg
 import torch
 
 from ..adapters.base import Adapter, ModelInputs
@@ -115,6 +113,9 @@ def linear_imputation(image: np.ndarray, removed: np.ndarray, noise: float = ROA
     not draw the removed region's outline.  With every pixel removed there is
     nothing to interpolate from; the image's mean colour is used.
     """
+    import scipy.sparse  # only ROAD needs it: kept off `import diffusion_cam`
+    import scipy.sparse.linalg
+
     removed = np.asarray(removed, dtype=bool)
     h, w = removed.shape
     channels = image.shape[-1]
