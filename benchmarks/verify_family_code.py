@@ -243,6 +243,30 @@ def check(family: str, out: Path, loader_kwargs: dict, size: tuple[int, int]) ->
     assert np.isfinite(exp.maps).all() and exp.maps.shape == (len(exp.tokens), size[1], size[0])
     assert not any(exp.degenerate), "every map should carry evidence"
     print(f"maps {exp.maps.shape}, every map finite and non-empty: OK")
+    check_head_rows(adapter, run)
+
+
+def check_head_rows(adapter, run) -> None:
+    """The logits the library reads come from the family's head on the scored rows only."""
+    import torch
+
+    seq = run.generation.sequence[None]
+    positions = [run.inputs.answer_start + i for i in (3, 0, 1)]
+    head = adapter.output_head()
+    assert head is not None, "the family's model names no output head (get_output_embeddings)"
+    rows = []
+    handle = head.register_forward_hook(lambda m, a, o: rows.append(o.shape[-2]))
+    try:
+        with torch.no_grad():
+            full = adapter.forward(run.inputs, seq)
+            n_full = len(rows)
+            part = adapter.forward_at(run.inputs, seq, positions)
+    finally:
+        handle.remove()
+    assert rows[n_full:][-1] == len(positions), f"the head projected {rows[n_full:]} rows, not {len(positions)}"
+    torch.testing.assert_close(part, full[:, positions], rtol=1e-4, atol=1e-5)
+    print(f"logits at {len(positions)} positions: the head projected {len(positions)} rows instead of {rows[n_full - 1]}, "
+          f"same values as the full forward (max difference {float((part - full[:, positions]).abs().max()):.1e}): OK")
 
 
 def main() -> int:

@@ -185,13 +185,21 @@ class _Stub:
     def blocks(self):
         return self._blocks
 
+    def output_head(self):
+        return self.head
+
 
 def test_chunk_size_for_an_8b_model_on_80gb(monkeypatch):
     monkeypatch.setattr(memory, "free_bytes", lambda device: 63 * 10**9)
     stub = _Stub()
-    for length, expected in ((2000, 18), (1000, 40), (3000, 11)):
+    stub.head = nn.Linear(1, 1)  # a head that forward_at narrows to the 64 scored rows
+    for length, expected in ((2000, 44), (1000, 64), (3000, 27)):
         inputs = dc.ModelInputs(torch.zeros(length, dtype=torch.long), length - 64, 64, [], "")
         assert memory.auto_chunk_size(stub, inputs, 64) == expected  # the docstring's worked example
+    stub.head = None  # every row projected: the logits' gradient is L x V per target
+    for length, expected in ((2000, 18), (1000, 40), (3000, 11)):
+        inputs = dc.ModelInputs(torch.zeros(length, dtype=torch.long), length - 64, 64, [], "")
+        assert memory.auto_chunk_size(stub, inputs, 64) == expected
 
 
 def test_chunk_size_bounds():

@@ -124,6 +124,26 @@ def test_trajectory_replay_matches_generation(adapter):
     assert int(result.sequence[-1]) == FINAL
 
 
+def test_logits_at_positions_equal_the_full_forward(adapter):
+    inputs = adapter.prepare([image(48, 72)], "describe the image", 8)
+    result = adapter.generate(inputs, adapter.default_generation)
+    seq = result.steps[1].sequence[None]
+    a0 = inputs.answer_start
+    positions = [a0 + 5, a0, 3, a0 + 7]  # 3 lies in the prompt, outside the decoded canvas
+    rows = []
+    handle = adapter.output_head().register_forward_hook(lambda m, a, out: rows.append(out.shape[1]))
+    try:
+        with torch.no_grad():
+            full = adapter.forward(inputs, seq)
+            part = adapter.forward_at(inputs, seq, positions)
+    finally:
+        handle.remove()
+    assert rows == [adapter.canvas_length, 4]  # the decoder's head projected the four rows only
+    assert part.shape == (1, 4, full.shape[-1])
+    torch.testing.assert_close(part, full[:, positions])
+    assert not part[0, 2].any() and part[0, 0].any()
+
+
 def test_explain_is_deterministic_and_covers_both_states(adapter):
     img = image(48, 72)
     a = dc.DiffusionCAM(adapter, layer=1).explain(img, "describe the image", targets=[0, 1])

@@ -104,6 +104,24 @@ class IdsModel(nn.Module):
         logits, _ = self.model.transformer.run(self.model.transformer.wte(ids))
         return Out(logits=logits)
 
+    def get_output_embeddings(self):
+        return self.model.transformer.ff_out
+
+
+class TiedIdsModel(IdsModel):
+    """LLaDA with ``weight_tying``: the head is ``F.linear`` with the input embedding, which
+    ``get_output_embeddings`` returns (the module itself only ever looks up ids)."""
+
+    def forward(self, ids, infer=False):
+        core = self.model.transformer
+        x = core.wte(ids) + core.pos[: ids.shape[1]]
+        for block in core.blocks:
+            x = block(x)[0]
+        return Out(logits=F.linear(core.ln_f(x), core.wte.weight))
+
+    def get_output_embeddings(self):
+        return self.model.transformer.wte
+
 
 class LlavaMeta(nn.Module):
     """The LLaVA side: a patch projector and ``prepare_inputs_labels_for_multimodal`` expanding -200."""
@@ -159,6 +177,9 @@ class LladaVModel(nn.Module):
     def get_input_embeddings(self):
         return self.model.embed_tokens
 
+    def get_output_embeddings(self):
+        return self.lm_head
+
     def prepare_inputs_labels_for_multimodal(self, ids, pos, mask, pkv, labels, images, modalities, image_sizes=None):
         return None, None, None, None, self.meta.splice(self.model.embed_tokens, ids, images, image_sizes), None
 
@@ -186,6 +207,9 @@ class LavidaModel(nn.Module):
     def get_input_embeddings(self):
         return self.model.transformer.wte
 
+    def get_output_embeddings(self):
+        return self.model.transformer.ff_out
+
     def prepare_inputs_labels_for_multimodal(self, ids, pos, mask, pkv, labels, images, modalities, image_sizes=None):
         return None, None, None, None, self.meta.splice(self.get_input_embeddings(), ids, images, image_sizes), None
 
@@ -212,6 +236,9 @@ class DimpleModel(nn.Module):
         x = x.masked_scatter((input_ids == IMG)[..., None], feats[None].expand(x.shape[0], -1, -1))
         logits, _ = self.core.run(x)
         return Out(logits=logits)
+
+    def get_output_embeddings(self):
+        return self.core.ff_out
 
 
 class DimpleProcessor:
@@ -570,3 +597,74 @@ def test_a_package_the_family_code_needs_is_named_when_missing(tmp_path, monkeyp
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelLoadError, match="needs a package that is not installed.*requires Accelerate"):
         fam.load_components(spec_of("llada-v"), str(tmp_path))
+
+
+# ------------------------------------------------------------------ logits at a few positions
+def _family_adapters():
+    tok = WordTokenizer()
+    anyres = {"tokenizer": tok, "image_fn": anyres_image_fn()}
+    vq = {"image": {"rule": "vq_block", "shape": [4, 4], "offset": OFFSET, "before": [MMU, SOI], "after": [EOI]}}
+    return {
+        "llada-v": (ConfigAdapter(tiny_spec("llada-v", image={**spec_of("llada-v").image, **TINY_ANYRES}),
+                                  {"model": LladaVModel(**TINY_ANYRES), **anyres}), image(30, 40)),
+        "lavida": (ConfigAdapter(tiny_spec("lavida", image={**spec_of("lavida").image, **TINY_ANYRES}),
+                                 {"model": LavidaModel(**TINY_ANYRES), **anyres}), image(40, 30)),
+        "mmada": (ConfigAdapter(tiny_spec("mmada", **vq), {"model": IdsModel(), "tokenizer": tok, "vq_fn": fake_vq((4, 4))}),
+                  image(32, 32)),
+        "mmada-tied": (ConfigAdapter(tiny_spec("mmada", **vq),
+                                     {"model": TiedIdsModel(), "tokenizer": tok, "vq_fn": fake_vq((4, 4))}), image(32, 32)),
+        "dimple": (ConfigAdapter(tiny_spec("dimple", image={**spec_of("dimple").image, "image_token_id": IMG}),
+                                 {"model": DimpleModel(), "tokenizer": tok, "processor": DimpleProcessor(tok)}), image(24, 40)),
+    }
+
+
+@pytest.mark.parametrize("family", ["llada-v", "lavida", "mmada", "mmada-tied", "dimple"])
+def test_the_head_projects_only_the_positions_asked_for(family):
+    adapter, img = _family_adapters()[family]
+    inputs = adapter.prepare([img], "what is this", 4)
+    seq = inputs.input_ids[None]
+    a0, length = inputs.answer_start, seq.shape[1]
+    positions = [a0 + 3, a0, a0 + 1]  # any order
+    if family == "dimple":
+        positions.append(0)  # the first token has no row before it: read from its own (as forward does)
+    head = adapter.model.get_output_embeddings()
+    rows_seen = []
+    handle = head.register_forward_hook(lambda m, args, out: rows_seen.append(tuple(out.shape[:-1])))
+    try:
+        with torch.no_grad():
+            full = adapter.forward(inputs, seq)
+            part = adapter.forward_at(inputs, seq, positions)
+    finally:
+        handle.remove()
+    assert part.shape == (1, len(positions), VOCAB)
+    torch.testing.assert_close(part, full[:, positions], rtol=1e-5, atol=1e-6)
+    n_forward = len(rows_seen) // 2
+    if family == "mmada-tied":
+        # the tied embedding only looks up ids (untouched); the model's full logits are indexed
+        assert rows_seen[n_forward:] == rows_seen[:n_forward]
+    else:
+        # the last head call of forward_at (the answer pass for LaViDa) projected len(positions) rows
+        assert rows_seen[-1] == (1, len(positions))
+        assert rows_seen[n_forward - 1][-1] == (length - a0 if family == "lavida" else length)
+
+
+@pytest.mark.parametrize("family", ["llada-v", "lavida", "dimple"])
+def test_maps_from_the_narrowed_head_equal_the_full_forward(family):
+    from diffusion_cam.extract import Target, grid_gradients, target_scores, window
+
+    adapter, img = _family_adapters()[family]
+    inputs = adapter.prepare([img], "what is this", 4)
+    seq = inputs.input_ids.clone()
+    a0 = inputs.answer_start
+    seq[a0:a0 + 2] = torch.tensor(WordTokenizer()("cat sat")["input_ids"])
+    targets = [Target(a0 + 1, int(seq[a0 + 1])), Target(a0, int(seq[a0])), Target(a0 + 1, int(seq[a0 + 1]))]
+    rows = window(targets)
+    assert rows == [a0, a0 + 1]
+    full = grid_gradients(adapter, inputs, seq, [0, 1], lambda lg: target_scores(lg, targets, "logodds"))
+    part = grid_gradients(adapter, inputs, seq, [0, 1], lambda lg: target_scores(lg, targets, "logodds", rows),
+                          positions=rows)
+    torch.testing.assert_close(part.scores, full.scores)
+    for a, b in zip(full.grads, part.grads):
+        for ga, gb in zip(a, b):
+            torch.testing.assert_close(gb, ga, rtol=1e-5, atol=1e-7)
+            assert ga.abs().max() > 0

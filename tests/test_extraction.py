@@ -143,7 +143,8 @@ def test_hooks_removed_after_exception_inside_explain(tiny, image, monkeypatch, 
     method = dc.GradientCAM(tiny, layer=[0, 2], modules=())
     with pytest.raises(RuntimeError, match="boom"):
         method.explain(image, PROMPT)
-    assert calls and calls[0] == 2, "the hooks were not in place during the forward"
+    # two hooked blocks and the output head's row cut (only the explained positions are projected)
+    assert calls and calls[0] == 3, "the hooks were not in place during the forward"
     assert count_hooks(tiny.model) == 0
 
 
@@ -486,3 +487,71 @@ def test_akd_border_defaults_to_the_adapters_choice_and_reaches_the_maps(tiny, i
     d = dc.DiffusionCAM(tiny, modules=("dacg", "cba", "sicd")).build(run, idx, raw).grid_maps
     assert not np.array_equal(a, b)  # the border changes AKD's output
     assert np.array_equal(c, d)  # and nothing else
+
+
+# ------------------------------------------------------------------ logits at the scored positions only
+def test_forward_at_projects_only_the_asked_rows(tiny, image):
+    inputs, gen = _run(tiny, image)
+    seq = gen.sequence[None]
+    positions = [inputs.answer_start + 5, inputs.answer_start, 2]
+    shapes = []
+    handle = tiny.model.head.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+    try:
+        with torch.no_grad():
+            full = tiny.forward(inputs, seq)
+            part = tiny.forward_at(inputs, seq, positions)
+    finally:
+        handle.remove()
+    vocab = full.shape[-1]
+    assert shapes == [(1, seq.shape[1], vocab), (1, 3, vocab)]
+    torch.testing.assert_close(part, full[:, positions], rtol=1e-5, atol=1e-6)
+    assert count_hooks(tiny.model) == 0
+
+
+def test_an_adapter_without_output_head_indexes_its_full_forward(tiny, image, monkeypatch):
+    inputs, gen = _run(tiny, image)
+    seq = gen.sequence[None]
+    monkeypatch.setattr(type(tiny), "output_head", lambda self: None)
+    with torch.no_grad():
+        part = tiny.forward_at(inputs, seq, [inputs.answer_start + 1, 0])
+        full = tiny.forward(inputs, seq)
+    assert torch.equal(part, full[:, [inputs.answer_start + 1, 0]])
+
+
+def test_head_rows_passes_other_calls_through_and_always_unhooks():
+    from diffusion_cam.adapters.head_rows import head_rows
+
+    head = torch.nn.Linear(4, 6)
+    x = torch.randn(2, 5, 4)
+    with head_rows(head, 5, [4, 1]) as cut:
+        assert head(torch.randn(2, 3, 4)).shape == (2, 3, 6)  # another length: untouched
+        out = head(x)
+    assert cut.cut == 1 and out.shape == (2, 2, 6)
+    torch.testing.assert_close(out, head(x)[:, [4, 1]])
+    emb = torch.nn.Embedding(10, 4)
+    with head_rows(emb, 5, [0]) as cut:  # a tied input embedding looks up ids: never narrowed
+        assert emb(torch.zeros(1, 5, dtype=torch.long)).shape == (1, 5, 4)
+    assert cut.cut == 0 and cut.pick(torch.arange(10.0).reshape(1, 5, 2)).tolist() == [[[0.0, 1.0]]]
+    with pytest.raises(RuntimeError, match="boom"):
+        with head_rows(head, 5, [0]):
+            raise RuntimeError("boom")
+    assert count_hooks(head) == 0 and count_hooks(emb) == 0
+
+
+@pytest.mark.parametrize("strategy", ["expand", "vmap"])
+def test_gradients_through_the_narrowed_head_equal_the_full_forward(tiny, image, strategy):
+    from diffusion_cam.extract import window
+
+    inputs, gen = _run(tiny, image)
+    a0 = inputs.answer_start
+    targets = [Target(a0 + i, gen.answer_ids[i]) for i in (6, 1, 3, 1)]
+    rows = window(targets)
+    full = grid_gradients(tiny, inputs, gen.sequence, [1, 2], lambda lg: target_scores(lg, targets, "logodds"), 2,
+                          strategy=strategy)
+    part = grid_gradients(tiny, inputs, gen.sequence, [1, 2], lambda lg: target_scores(lg, targets, "logodds", rows),
+                          2, strategy=strategy, positions=rows)
+    torch.testing.assert_close(part.scores, full.scores)
+    for a, b in zip(full.grads, part.grads):
+        for ga, gb in zip(a, b):
+            torch.testing.assert_close(gb, ga, rtol=1e-5, atol=1e-7)
+            assert ga.abs().amax(dim=(1, 2, 3)).min() > 0  # every target has a gradient

@@ -207,8 +207,8 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
                 k = n_left
             before = x.clone()
             # only the open positions can be committed: a real model's (L, vocab) logits are
-            # gigabytes in float32, so everything below works on that window of them
-            logits = adapter.forward(inputs, x[None])[0][open_lo:open_hi].float()
+            # gigabytes in float32, so the forward projects and everything below reads that window only
+            logits = adapter.forward_at(inputs, x[None], range(open_lo, open_hi))[0].float()
             is_masked = x[open_lo:open_hi] == mask_id
             if cfg.suppress_token_ids:
                 logits[is_masked.nonzero()[:, 0][:, None], list(cfg.suppress_token_ids)] = -np.inf

@@ -135,6 +135,9 @@ class TinyAdapter(Adapter):
         pixels = inputs.extras["pixels"].to(self.device, dtype).expand(sequence.shape[0], -1, -1, -1)
         return self._model(sequence, pixels)
 
+    def output_head(self) -> nn.Module:
+        return self._model.head
+
     def image_grids(self, inputs: ModelInputs, sequence: torch.Tensor) -> list[ImageGrid]:
         positions = torch.nonzero(sequence == SPECIALS.index("<image>")).flatten().tolist()
         g = self._model.config.grid

@@ -16,6 +16,11 @@ Three layouts fit this protocol:
 * encoder-decoder (DiffusionGemma): :meth:`Adapter.blocks` returns the encoder
   stack, image positions index the encoder sequence, gradients reach it through
   the decoder's cross/cached attention.
+
+The library reads logits through :meth:`Adapter.forward_at`, at the few answer
+positions it scores: an adapter that names its :meth:`Adapter.output_head`
+gets the head narrowed to those rows, so a real model's (L, vocabulary)
+logits, and their per-target gradients, are never built.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import InfeasibleStateError, LayerError, PromptError
+from .head_rows import head_rows
 
 STATES = ("trajectory", "final")
 
@@ -234,6 +240,24 @@ class Adapter(ABC):
         Logits must be aligned so that ``logits[:, p]`` scores the token at
         position ``p`` (families with shifted logits shift them here).
         """
+
+    def output_head(self) -> nn.Module | None:
+        """The module that maps the final hidden states (B, L, D), row p for position p, to
+        vocabulary logits; lets :meth:`forward_at` project only the rows it needs."""
+        return None
+
+    def forward_at(self, inputs: ModelInputs, sequence: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+        """Logits (B, P, V) of one differentiable forward at ``positions`` (row i scores position ``positions[i]``).
+
+        What the library calls: a real model's (L, V) logits are gigabytes, and a
+        batched backward over K targets would keep their gradient K times.  With an
+        :meth:`output_head` only P rows are projected; without one the full
+        :meth:`forward` is indexed.  Adapters whose logits are not one head over
+        the sequence (shifted, prefix passes) override this.
+        """
+        with head_rows(self.output_head(), int(sequence.shape[1]), positions) as rows:
+            logits = self.forward(inputs, sequence)
+        return rows.pick(logits)
 
     @abstractmethod
     def image_grids(self, inputs: ModelInputs, sequence: torch.Tensor) -> list[ImageGrid]:

@@ -57,6 +57,7 @@ from torch import nn
 from ..errors import ExtractionError, ModelLoadError, PromptError, TargetError
 from . import llada_family as fam
 from .base import Adapter, GenerationConfig, ImageGrid, ModelInputs
+from .head_rows import head_rows
 
 FAMILIES_DIR = Path(__file__).with_name("families")
 RULES = ("anyres", "vq_block", "vq_rows", "token_runs")
@@ -385,7 +386,56 @@ class ConfigAdapter(Adapter):
             kwargs[key] = value
         return kwargs
 
+    def output_head(self) -> nn.Module | None:
+        get = getattr(self._model, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        return head if isinstance(head, nn.Module) else None
+
     def forward(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:
+        return self._logits(inputs, sequence, None)
+
+    def forward_at(self, inputs: ModelInputs, sequence: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+        positions = [int(p) for p in positions]
+        if self.spec.forward == "prefix" and min(positions, default=inputs.answer_start) < inputs.answer_start:
+            # the answer pass holds no prompt rows (forward gives zeros there)
+            return super().forward_at(inputs, sequence, positions)
+        return self._logits(inputs, sequence, positions)
+
+    def _logits(self, inputs: ModelInputs, sequence: torch.Tensor, positions: list[int] | None) -> torch.Tensor:
+        """Every row aligned to its position (``positions`` None) or the rows at ``positions``: the output head,
+        narrowed by :func:`head_rows`, projects only the hidden rows those positions read."""
+        spec = self.spec
+        batch, length = sequence.shape
+        a0 = inputs.answer_start
+        if positions is None:
+            head, head_length, rows = None, 0, []
+        elif spec.forward == "prefix":
+            # the answer pass's head sees the answer only
+            head, head_length, rows = self.output_head(), length - a0, [p - a0 for p in positions]
+        else:
+            # Dream-style shifted logits: position p is scored from the hidden row before it
+            head, head_length, rows = self.output_head(), length, [max(p - spec.logits_shift, 0) for p in positions]
+        with head_rows(head, head_length, rows) as cut:
+            logits = self._run(inputs, sequence)
+        if positions is None:
+            if spec.forward == "prefix" and logits.shape[1] == length - a0:  # answer rows only
+                logits = torch.cat([logits.new_zeros((batch, a0, logits.shape[-1])), logits], dim=1)
+            if logits.shape[:2] != (batch, length):
+                raise ExtractionError(
+                    f"{self.family} forward returned logits {tuple(logits.shape)} for a {length}-token sequence")
+            return fam.shift_logits(logits, spec.logits_shift)
+        if cut.cut:
+            if logits.shape[:2] != (batch, len(rows)):
+                raise ExtractionError(f"{self.family} forward returned logits {tuple(logits.shape)} for "
+                                      f"{len(rows)} positions of a {length}-token sequence")
+            return logits
+        # the head never saw a full-length input (weights tied through F.linear): index every row
+        if logits.shape[:2] != (batch, head_length):
+            raise ExtractionError(f"{self.family} forward returned logits {tuple(logits.shape)} for a {length}-token sequence")
+        return cut.pick(logits)
+
+    def _run(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:
+        """The family's forward: logits as the model returns them (the answer rows only after a prefix pass)."""
         spec = self.spec
         batch, length = sequence.shape
         if spec.forward == "ids":
@@ -395,18 +445,12 @@ class ConfigAdapter(Adapter):
                 if spec.mrope and hasattr(self._model, "get_rope_index"):
                     kwargs["position_ids"] = self._model.get_rope_index(
                         sequence, kwargs.get("image_grid_thw"), None, kwargs["attention_mask"])[0]
-            logits = fam.logits_of(self._model(sequence, **kwargs))
-        else:
-            kwargs = self._model_kwargs(inputs, batch)
-            a0 = inputs.answer_start
-            prompt, answer = sequence[:, :a0], sequence[:, a0:]
-            run = fam.forward_embeds if spec.forward == "embeds" else fam.forward_prefix
-            logits = run(self._model, prompt, answer, kwargs.get("images"), kwargs.get("image_sizes"))
-            if logits.shape[1] == answer.shape[1]:  # prefix passes return answer logits only
-                logits = torch.cat([logits.new_zeros((batch, a0, logits.shape[-1])), logits], dim=1)
-        if logits.shape[:2] != (batch, length):
-            raise ExtractionError(f"{self.family} forward returned logits {tuple(logits.shape)} for a {length}-token sequence")
-        return fam.shift_logits(logits, spec.logits_shift)
+            return fam.logits_of(self._model(sequence, **kwargs))
+        kwargs = self._model_kwargs(inputs, batch)
+        a0 = inputs.answer_start
+        prompt, answer = sequence[:, :a0], sequence[:, a0:]
+        run = fam.forward_embeds if spec.forward == "embeds" else fam.forward_prefix
+        return run(self._model, prompt, answer, kwargs.get("images"), kwargs.get("image_sizes"))
 
     # ------------------------------------------------------------------ text
     def decode(self, ids: Sequence[int]) -> list[str]:

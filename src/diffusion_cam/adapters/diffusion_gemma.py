@@ -43,6 +43,7 @@ from torch import nn
 
 from ..errors import ExtractionError, InfeasibleStateError, ModelLoadError, PromptError, TargetError
 from .base import Adapter, GenerationConfig, ImageGrid, ModelInputs
+from .head_rows import head_rows
 
 #: step tag of the generated answer (final state)
 FINAL = -1
@@ -267,6 +268,26 @@ class DiffusionGemmaAdapter(Adapter):
         return out.logits, used
 
     def forward(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:
+        start, logits = self._canvas_logits(inputs, sequence)
+        batch, length = sequence.shape
+        before = logits.new_zeros((batch, start, logits.shape[-1]))
+        after = logits.new_zeros((batch, length - start - logits.shape[1], logits.shape[-1]))
+        return torch.cat([before, logits, after], dim=1)
+
+    def forward_at(self, inputs: ModelInputs, sequence: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+        start, picked = self._canvas_logits(inputs, sequence, [int(p) for p in positions])
+        rows = torch.tensor([int(p) - start for p in positions], dtype=torch.long, device=picked.device)
+        inside = (rows >= 0) & (rows < self.canvas_length)
+        # outside the replayed canvas the decoder scores nothing: zeros, as forward() gives
+        return torch.where(inside[None, :, None], picked, torch.zeros_like(picked))
+
+    def output_head(self) -> nn.Module:
+        return self._model.lm_head
+
+    def _canvas_logits(self, inputs: ModelInputs, sequence: torch.Tensor,
+                       positions: list[int] | None = None) -> tuple[int, torch.Tensor]:
+        """(start, logits) of the replayed canvas for a sequence tagged with its denoising step: every canvas
+        row (B, C, V), or with ``positions`` one row per position (the canvas's nearest row outside it)."""
         tags = sequence[:, -1].unique().tolist()
         if len(tags) != 1:
             raise ExtractionError(f"a DiffusionGemma batch must replay one denoising step, got steps {tags}")
@@ -287,11 +308,10 @@ class DiffusionGemmaAdapter(Adapter):
         start = inputs.answer_start + canvas_index * self.canvas_length
         stop = start + self.canvas_length
         cache = self._encode(inputs, sequence[:, :start])
-        logits, _ = self._decode(cache, sequence[:, start:stop], start, soft=soft)
-        batch, length = sequence.shape
-        before = logits.new_zeros((batch, start, logits.shape[-1]))
-        after = logits.new_zeros((batch, length - stop, logits.shape[-1]))
-        return torch.cat([before, logits, after], dim=1)
+        rows = None if positions is None else [min(max(p - start, 0), self.canvas_length - 1) for p in positions]
+        with head_rows(None if rows is None else self.output_head(), self.canvas_length, rows or []) as cut:
+            logits, _ = self._decode(cache, sequence[:, start:stop], start, soft=soft)
+        return start, (logits if rows is None else cut.pick(logits))
 
     # ------------------------------------------------------------- generation
     @torch.no_grad()

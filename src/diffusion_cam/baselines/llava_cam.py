@@ -39,13 +39,15 @@ class LLaVACAM(ExplanationMethod):
                 "threshold": self.threshold}
 
     def compute(self, run: Run, indices: list[int]) -> RawMaps:
-        positions = torch.tensor([run.canvas_position(i) for i in range(len(run.answer_ids))])
+        positions = [run.canvas_position(i) for i in range(len(run.answer_ids))]
         ids = torch.tensor(run.answer_ids)
 
         def score(logits: torch.Tensor) -> torch.Tensor:
-            return logits[positions.to(logits.device), ids.to(logits.device)].float().sum()[None]
+            # row i holds answer token i's position
+            return logits[torch.arange(len(positions), device=logits.device), ids.to(logits.device)].float().sum()[None]
 
-        gg = grid_gradients(self.adapter, run.inputs, run.generation.sequence, self.layers, score, self.chunk_size)
+        gg = grid_gradients(self.adapter, run.inputs, run.generation.sequence, self.layers, score, self.chunk_size,
+                            positions=positions)
         k = len(indices)
         grid_maps, positive = [], False
         for g in range(len(gg.grids)):

@@ -70,8 +70,12 @@ class TAM(ExplanationMethod):
         """Raw maps (per grid: (K, h, w)), scores (K,) and relevances (K, len(context)) of one forward."""
         adapter = self.adapter
         grids = adapter.image_grids(run.inputs, sequence)
+        own = [run.canvas_position(i) for i in members]
+        ctx = [run.canvas_position(i) for i in context]
+        window = sorted(set(own) | set(ctx))
         with ActivationRecorder(adapter.blocks(), [self.layer], adapter.unwrap) as rec:
-            logits = adapter.forward(run.inputs, sequence[None].to(adapter.device))[0].float()
+            logits = adapter.forward_at(run.inputs, sequence[None].to(adapter.device), window)[0].float()
+        row_of = {p: i for i, p in enumerate(window)}
         ids = torch.tensor([run.answer_ids[i] for i in members], device=logits.device)
         per_grid = []
         for grid in grids:
@@ -80,10 +84,10 @@ class TAM(ExplanationMethod):
             lens = adapter.logit_lens(hidden.index_select(-2, pos)).float()  # (n, V)
             maps = lens[:, ids].clamp(min=0).T.reshape(len(members), *grid.shape)
             per_grid.append(maps.cpu().numpy().astype(np.float64))
-        own = torch.tensor([run.canvas_position(i) for i in members], device=logits.device)
-        scores = logits[own, ids].cpu().numpy().astype(np.float64)
-        ctx = torch.tensor([run.canvas_position(i) for i in context], device=logits.device, dtype=torch.long)
-        relevance = logits[ctx][:, ids].clamp(min=0).T.cpu().numpy().astype(np.float64)  # (K, len(context))
+        own_rows = torch.tensor([row_of[p] for p in own], device=logits.device)
+        scores = logits[own_rows, ids].cpu().numpy().astype(np.float64)
+        ctx_rows = torch.tensor([row_of[p] for p in ctx], device=logits.device, dtype=torch.long)
+        relevance = logits[ctx_rows][:, ids].clamp(min=0).T.cpu().numpy().astype(np.float64)  # (K, len(context))
         return grids, per_grid, scores, relevance
 
     def compute(self, run: Run, indices: list[int]) -> RawMaps:

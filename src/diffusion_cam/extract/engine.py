@@ -12,7 +12,7 @@ from ..errors import ExtractionError, InfeasibleStateError
 from .gradients import batched_vjp
 from .hooks import ActivationRecorder
 
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # logits (L, V) -> scores (K,)
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # logits (P, V) at the forward's positions -> scores (K,)
 
 
 @dataclass
@@ -28,7 +28,6 @@ class GridGradients:
     acts: list[list[torch.Tensor]]
     grads: list[list[torch.Tensor]]
     scores: torch.Tensor  # (K,)
-    logits: torch.Tensor  # (L, V), detached
 
 
 def _cut(hidden: torch.Tensor, grid: ImageGrid, layer: int) -> torch.Tensor:
@@ -61,8 +60,13 @@ def _hooked(rec: ActivationRecorder, layers: Sequence[int], grids: Sequence[Imag
 
 def grid_gradients(adapter: Adapter, inputs: ModelInputs, sequence: torch.Tensor, layers: Sequence[int],
                    score_fn: ScoreFn, chunk_size: int = 16, strategy: str | None = None,
-                   n_targets: int | None = None) -> GridGradients:
+                   n_targets: int | None = None, positions: Sequence[int] | None = None) -> GridGradients:
     """Run one forward of ``sequence`` with hooks on ``layers`` and differentiate ``score_fn``.
+
+    ``score_fn`` reads the logits at ``positions`` (row i for ``positions[i]``;
+    every position when None): the forward projects only those rows
+    (:meth:`Adapter.forward_at`), so neither the logits nor their per-target
+    gradients are (L, V).
 
     ``strategy`` says how K target gradients come from one forward:
     ``"expand"`` repeats the hidden state at the earliest hooked block K times
@@ -78,31 +82,36 @@ def grid_gradients(adapter: Adapter, inputs: ModelInputs, sequence: torch.Tensor
         raise InfeasibleStateError(f"{adapter.family} adapter reports no image grid for this forward")
     strategy = strategy or ("expand" if adapter.batch_expand_safe else "vmap")
     seq = sequence[None].to(adapter.device)
+
+    def forward() -> torch.Tensor:
+        if positions is None:
+            return adapter.forward(inputs, seq)
+        return adapter.forward_at(inputs, seq, positions)
+
     if strategy == "expand":
-        return _expanded(adapter, inputs, seq, layers, score_fn, chunk_size, blocks, grids, n_targets)
+        return _expanded(forward, layers, score_fn, chunk_size, blocks, grids, n_targets, adapter)
     if strategy != "vmap":
         raise ValueError(f"unknown gradient strategy {strategy!r}; choose expand or vmap")
     with torch.enable_grad(), ActivationRecorder(blocks, layers, adapter.unwrap) as rec:
-        logits = adapter.forward(inputs, seq)[0]
-        scores = score_fn(logits)
+        scores = score_fn(forward()[0])
         keys, wrt = _hooked(rec, layers, grids)
         grads = batched_vjp(scores, wrt, chunk_size=chunk_size)
     by_key = {key: (h.detach(), g) for key, h, g in zip(keys, wrt, grads)}
-    return _cut_all(layers, grids, by_key, scores, logits)
+    return _cut_all(layers, grids, by_key, scores)
 
 
-def _expanded(adapter, inputs, seq, layers, score_fn, chunk_size, blocks, grids, k) -> GridGradients:
+def _expanded(forward, layers, score_fn, chunk_size, blocks, grids, k, adapter) -> GridGradients:
     if k is None:
         with torch.no_grad():
-            k = int(score_fn(adapter.forward(inputs, seq)[0]).shape[0])
+            k = int(score_fn(forward()[0]).shape[0])
     chunk_size = max(1, int(chunk_size))
     parts: dict[tuple[int, int], list[torch.Tensor]] = {}
     hidden_of: dict[tuple[int, int], torch.Tensor] = {}
-    scores_all, logits0 = [], None
+    scores_all = []
     for start in range(0, k, chunk_size):
         n = min(chunk_size, k - start)
         with torch.enable_grad(), ActivationRecorder(blocks, layers, adapter.unwrap, expand=n) as rec:
-            logits = adapter.forward(inputs, seq)
+            logits = forward()
             if logits.shape[0] != n:
                 raise ExtractionError(
                     f"{adapter.family} adapter: expanding the hooked hidden state to {n} copies gave logits of "
@@ -116,13 +125,11 @@ def _expanded(adapter, inputs, seq, layers, score_fn, chunk_size, blocks, grids,
             parts.setdefault(key, []).append(torch.zeros_like(h) if g is None else g[:, None])
             hidden_of.setdefault(key, h[:1].detach())
         scores_all.append(scores.detach())
-        if logits0 is None:
-            logits0 = logits[0].detach()
     by_key = {key: (hidden_of[key], torch.cat(parts[key])) for key in parts}
-    return _cut_all(layers, grids, by_key, torch.cat(scores_all), logits0)
+    return _cut_all(layers, grids, by_key, torch.cat(scores_all))
 
 
-def _cut_all(layers, grids, by_key, scores, logits) -> GridGradients:
+def _cut_all(layers, grids, by_key, scores) -> GridGradients:
     acts_out, grads_out = [], []
     for layer in layers:
         layer_acts, layer_grads = [], []
@@ -133,4 +140,4 @@ def _cut_all(layers, grids, by_key, scores, logits) -> GridGradients:
             layer_grads.append(_cut(grad[:, 0], grid, layer).float())
         acts_out.append(layer_acts)
         grads_out.append(layer_grads)
-    return GridGradients(list(layers), list(grids), acts_out, grads_out, scores.detach(), logits.detach())
+    return GridGradients(list(layers), list(grids), acts_out, grads_out, scores.detach())

@@ -20,11 +20,19 @@ class Target:
     distractor_id: int | None = None  # used by the contrastive score
 
 
-def target_scores(logits: torch.Tensor, targets: Sequence[Target], score: str = "logit") -> torch.Tensor:
-    """Scalar score of every target, shape (K,), from logits (L, V)."""
+def window(targets: Sequence[Target]) -> list[int]:
+    """The positions whose logits the targets read, each once, in order."""
+    return sorted({t.position for t in targets})
+
+
+def target_scores(logits: torch.Tensor, targets: Sequence[Target], score: str = "logit",
+                  positions: Sequence[int] | None = None) -> torch.Tensor:
+    """Scalar score of every target, shape (K,), from logits (P, V) whose row i is position
+    ``positions[i]`` (:func:`window` of the targets, or every position when None)."""
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
-    pos = torch.tensor([t.position for t in targets], device=logits.device)
+    row_of = {p: i for i, p in enumerate(positions)} if positions is not None else None
+    pos = torch.tensor([t.position if row_of is None else row_of[t.position] for t in targets], device=logits.device)
     ids = torch.tensor([t.token_id for t in targets], device=logits.device)
     rows = logits[pos].float()
     if score == "vocab_sum":

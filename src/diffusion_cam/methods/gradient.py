@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import TargetError, UnknownNameError
-from ..extract import CAM_FORMULAS, SCORES, Target, cam_from_grid, grid_gradients, normalize, target_scores
+from ..extract import CAM_FORMULAS, SCORES, Target, cam_from_grid, grid_gradients, normalize, target_scores, window
 from .base import ExplanationMethod, RawMaps, Run, state_forwards
 
 
@@ -99,14 +99,15 @@ class GradientCAM(ExplanationMethod):
         flags, scores = [], []
         for sequence, members in self.forwards(run, indices):
             targets = self.targets(run, members)
+            rows = window(targets)
             chunk = self.chunk_size
             if chunk == "auto":
                 from ..extract.memory import auto_chunk_size
 
-                chunk = auto_chunk_size(self.adapter, run.inputs, len(targets))
+                chunk = auto_chunk_size(self.adapter, run.inputs, len(targets), rows=len(rows))
             gg = grid_gradients(self.adapter, run.inputs, sequence, self.layers,
-                                lambda logits, t=targets: target_scores(logits, t, self.score), chunk,
-                                n_targets=len(targets))
+                                lambda logits, t=targets, r=rows: target_scores(logits, t, self.score, r), chunk,
+                                n_targets=len(targets), positions=rows)
             if grids is None:
                 grids = gg.grids
             elif [g.shape for g in gg.grids] != [g.shape for g in grids]:

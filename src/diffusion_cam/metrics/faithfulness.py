@@ -245,8 +245,10 @@ def _stack_inputs(items: Sequence[ModelInputs]) -> ModelInputs | None:
 
 def _probabilities(adapter: Adapter, inputs: Sequence[ModelInputs], sequences: torch.Tensor,
                    positions: Sequence[int], ids: Sequence[int]) -> np.ndarray:
-    logits = adapter.forward(inputs[0] if len(inputs) == 1 else _stack_inputs(inputs), sequences.to(adapter.device))
-    rows = logits[torch.arange(len(positions)), torch.tensor(positions)].float()
+    window = sorted(set(positions))
+    logits = adapter.forward_at(inputs[0] if len(inputs) == 1 else _stack_inputs(inputs), sequences.to(adapter.device),
+                                window)
+    rows = logits[torch.arange(len(positions)), torch.tensor([window.index(p) for p in positions])].float()
     return torch.softmax(rows, -1)[torch.arange(len(ids)), torch.tensor(ids)].double().cpu().numpy()
 
 
