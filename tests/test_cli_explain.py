@@ -140,3 +140,32 @@ def test_faithfulness_of_every_map_from_the_api_and_the_cli(tiny, image, tmp_pat
     assert len(result["faithfulness"]["per_token"]) == len(result["tokens"])
     with pytest.raises(dc.errors.UnknownNameError, match="unknown replacement 'noise'"):
         method.explain(image, "describe the image", faithfulness="noise")
+
+
+def test_a_family_file_and_its_checkpoint_from_the_cli(tmp_path, capsys, monkeypatch):
+    from diffusion_cam.adapters import config_adapter
+
+    family = tmp_path / "my_family.json"
+    family.write_text(json.dumps({"name": "my-dlm", "family": "my-dlm", "loader": "auto", "blocks": "model.layers",
+                                  "mask_token_id": 3, "image": {"rule": "token_runs", "image_token_id": 9, "grid": [4, 4]},
+                                  "prompt": {"template": "{image} {prompt}"}}))
+    loaded = []
+
+    def fake_load_family(spec, target, **options):
+        loaded.append((spec.name, target, options.get("trust_remote_code")))
+        return dc.load_model("tiny-random")
+
+    monkeypatch.setattr(config_adapter, "load_family", fake_load_family)
+    img = tmp_path / "img.png"
+    Image.fromarray(random_image(48, 48)).save(img)
+    base = ["explain", str(img), "--prompt", "describe the image", "--no-pictures", "--trust-remote-code"]
+    assert main([*base, "--model", str(family), "--checkpoint", "org/my-dlm", "--out", str(tmp_path / "o")]) == 0
+    assert loaded == [("my-dlm", "org/my-dlm", True)]
+    assert (tmp_path / "o" / "result.json").exists()
+    # without a checkpoint (and no hub id in the file) the error names the option
+    assert main([*base, "--model", str(family), "--out", str(tmp_path / "o2")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    # --checkpoint with anything but a family file is refused, not ignored
+    assert main([*base, "--model", "tiny-random", "--checkpoint", "x", "--out", str(tmp_path / "o3")]) == 2
+    assert "--checkpoint goes with a family file" in capsys.readouterr().err
+    assert len(loaded) == 1

@@ -513,7 +513,8 @@ def _resolver(name: str):
         def from_file(_name: str, checkpoint: str | None = None, **options: Any) -> Adapter:
             target = checkpoint or (spec.hub_ids[0] if spec.hub_ids else None)
             if target is None:
-                raise ModelLoadError(f"{path}: pass checkpoint=... (the folder or hub id to load with this description)")
+                raise ModelLoadError(f"{path}: pass checkpoint=... (CLI: --checkpoint), the folder or hub id to load "
+                                     "with this description")
             return load_family(spec, target, **options)
 
         return from_file

@@ -39,7 +39,12 @@ def _chunk(text: str) -> int | str:
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="shapes-tiny", help="built-in model name, hub id or local path (default: shapes-tiny)")
+    g.add_argument("--model", default="shapes-tiny",
+                   help="built-in model name, hub id, local path, or a family file (.json/.yaml) describing a new "
+                        "family (default: shapes-tiny)")
+    g.add_argument("--checkpoint", default=None,
+                   help="with a family file as --model: the checkpoint folder or hub id to load with it "
+                        "(default: the file's first hub id)")
     g.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     g.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="model weights dtype; CAM arithmetic is always float32")
@@ -128,4 +133,13 @@ def load_adapter(args: argparse.Namespace):
         options["trust_remote_code"] = True
     if getattr(args, "allow_pickle", False):
         options["allow_pickle"] = True
+    if getattr(args, "checkpoint", None):
+        from pathlib import Path
+
+        from ..errors import ModelLoadError
+
+        if Path(args.model).suffix not in (".json", ".yaml", ".yml"):
+            raise ModelLoadError(f"--checkpoint goes with a family file (.json/.yaml) as --model; {args.model!r} "
+                                 "is not one: pass the checkpoint itself as --model")
+        options["checkpoint"] = args.checkpoint
     return load_model(args.model, **options)
