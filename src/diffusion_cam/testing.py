@@ -34,6 +34,10 @@ class TinyConfig:
     layers: int = 4
     vision_layers: int = 1
     seed: int = 0
+    #: output vocabulary: the words, or more (unused ids after them) to give the head a real model's size
+    vocab_size: int = len(SPECIALS) + len(WORDS)
+    #: positions the model can hold
+    context: int = 512
 
     @property
     def grid(self) -> int:
@@ -51,13 +55,14 @@ class TinyDMLLM(nn.Module):
         self.vision_blocks = nn.ModuleList(Block(c.dim, c.heads) for _ in range(c.vision_layers))
         self.projector = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.dim))
         self.embed = nn.Embedding(len(SPECIALS) + len(WORDS), c.dim)
-        self.pos = nn.Parameter(torch.randn(512, c.dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(c.context, c.dim) * 0.02)
         self.blocks = nn.ModuleList(Block(c.dim, c.heads) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.dim)
-        self.head = nn.Linear(c.dim, len(SPECIALS) + len(WORDS))
+        self.head = nn.Linear(c.dim, max(c.vocab_size, len(SPECIALS) + len(WORDS)))
         with torch.no_grad():
             # random weights would often answer <eos> at once; keep answers made of words
             self.head.bias[: len(SPECIALS)] = -10.0
+            self.head.bias[len(SPECIALS) + len(WORDS):] = -10.0
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         p = self.config.patch
@@ -86,6 +91,7 @@ class TinyAdapter(Adapter):
     def __init__(self, model: TinyDMLLM | None = None, gen_length: int = 8) -> None:
         self._model = (model or TinyDMLLM()).eval()
         self.vocab = SPECIALS + WORDS
+        self.vocab += [f"<unused{i}>" for i in range(len(self.vocab), self._model.head.out_features)]
         self._gen_length = gen_length
 
     @property
