@@ -244,6 +244,32 @@ def check(family: str, out: Path, loader_kwargs: dict, size: tuple[int, int]) ->
     assert not any(exp.degenerate), "every map should carry evidence"
     print(f"maps {exp.maps.shape}, every map finite and non-empty: OK")
     check_head_rows(adapter, run)
+    check_logit_lens(adapter, run, image)
+
+
+def check_logit_lens(adapter, run, image) -> None:
+    """The family file's final_norm with the head is the model's own read-out (TAM's logit lens)."""
+    import torch
+
+    import diffusion_cam as dc
+    from diffusion_cam.extract import ActivationRecorder
+
+    seq, a0 = run.generation.sequence[None], run.inputs.answer_start
+    last = len(adapter.blocks()) - 1
+    with torch.no_grad(), ActivationRecorder(adapter.blocks(), [last], adapter.unwrap) as rec:
+        logits = adapter.forward(run.inputs, seq)
+        lens = adapter.logit_lens(rec.get(last, len(rec.outputs[last]) - 1))  # LaViDa: its answer pass
+    if lens.shape[1] != logits.shape[1]:
+        logits = logits[:, a0:]  # a prefix pass: the answer rows
+    elif adapter.spec.logits_shift:
+        lens, logits = lens[:, :-1], logits[:, 1:]
+    # LLaDA scales its logits by a constant when the config says so (scale_logits)
+    scale = float((logits * lens).sum() / (lens * lens).sum())
+    torch.testing.assert_close(lens * scale, logits, rtol=1e-4, atol=1e-4)
+    exp = dc.get_method("tam", adapter, generation=run.generation.config).explain(image, "describe the image")
+    assert np.isfinite(exp.maps).all()
+    print(f"logit lens (final_norm {adapter.spec.final_norm} + head) equals the model's logits (scale {scale:.4f}); "
+          f"TAM explained {len(exp.tokens)} tokens: OK")
 
 
 def check_head_rows(adapter, run) -> None:

@@ -164,6 +164,7 @@ class LladaVModel(nn.Module):
         self.model.embed_tokens = nn.Embedding(VOCAB, d)
         self.core = Core(d, n)
         self.model.layers = self.core.blocks
+        self.model.norm = self.core.ln_f
         self.model.forward = self._inner
         self.lm_head = self.core.ff_out
         self.meta = LlavaMeta(d, **layout)
@@ -223,6 +224,7 @@ class DimpleModel(nn.Module):
         self.model = nn.Module()
         self.core = Core(d, n)
         self.model.layers = self.core.blocks
+        self.model.norm = self.core.ln_f
         self.proj = nn.Linear(3 * 8 * 8, d)
         self.rope_calls = 0
 
@@ -668,3 +670,41 @@ def test_maps_from_the_narrowed_head_equal_the_full_forward(family):
         for ga, gb in zip(a, b):
             torch.testing.assert_close(gb, ga, rtol=1e-5, atol=1e-7)
             assert ga.abs().max() > 0
+
+
+@pytest.mark.parametrize("family", ["llada-v", "lavida", "mmada", "mmada-tied", "dimple"])
+def test_the_logit_lens_of_the_last_block_gives_the_models_own_logits(family):
+    from diffusion_cam.extract import ActivationRecorder
+
+    adapter, img = _family_adapters()[family]
+    assert adapter.has_logit_lens
+    inputs = adapter.prepare([img], "what is this", 4)
+    seq, a0 = inputs.input_ids[None], inputs.answer_start
+    last = len(adapter.blocks()) - 1
+    with torch.no_grad(), ActivationRecorder(adapter.blocks(), [last], adapter.unwrap) as rec:
+        logits = adapter.forward(inputs, seq)
+        lens = adapter.logit_lens(rec.get(last, len(rec.outputs[last]) - 1))  # LaViDa: the answer pass
+    if family == "lavida":
+        torch.testing.assert_close(lens, logits[:, a0:])
+    elif family == "dimple":
+        torch.testing.assert_close(lens[:, :-1], logits[:, 1:])  # position p is read from row p - 1
+    else:
+        torch.testing.assert_close(lens, logits)
+    # a given answer: random weights (the tied model's above all) may well answer nothing
+    adapter.spec = dataclasses.replace(adapter.spec, prompt={**adapter.spec.prompt, "answer_end": [EOS], "answer_fill": EOS})
+    exp = dc.get_method("tam", adapter, state="final").explain(img, "what is this", answer="cat sat", gen_length=4)
+    # (with random weights a word's lens logit may be negative at every image position: a flagged zero map)
+    assert exp.tokens == ["cat", "sat"] and np.isfinite(exp.maps).all()
+    assert all(bool(m.any()) != flag for m, flag in zip(exp.maps, exp.degenerate))
+
+
+def test_tam_without_a_final_norm_says_which_key_is_missing():
+    spec = dataclasses.replace(tiny_spec("mmada", image={"rule": "vq_block", "shape": [4, 4], "offset": OFFSET,
+                                                         "before": [MMU, SOI], "after": [EOI]}), final_norm="")
+    adapter = ConfigAdapter(spec, {"model": IdsModel(), "tokenizer": WordTokenizer(), "vq_fn": fake_vq((4, 4))})
+    assert not adapter.has_logit_lens
+    with pytest.raises(ExtractionError, match="final_norm"):
+        dc.get_method("tam", adapter)
+    with pytest.raises(ModelLoadError, match="final_norm path 'model.model.nope'"):
+        ConfigAdapter(dataclasses.replace(spec, final_norm="model.model.nope"),
+                      {"model": IdsModel(), "tokenizer": WordTokenizer(), "vq_fn": fake_vq((4, 4))})

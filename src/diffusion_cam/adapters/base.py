@@ -282,7 +282,14 @@ class Adapter(ABC):
 
     def logit_lens(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of hidden states through the final norm and output head (TAM)."""
-        raise NotImplementedError(f"{self.family} adapter does not expose its output head")
+        from ..errors import ExtractionError
+
+        raise ExtractionError(f"{self.family} adapter does not expose its final norm and output head (the logit lens)")
+
+    @property
+    def has_logit_lens(self) -> bool:
+        """Whether :meth:`logit_lens` is available (TAM needs it)."""
+        return type(self).logit_lens is not Adapter.logit_lens
 
     def join(self, texts: Sequence[str]) -> str:
         """Join token texts into the answer string (word-level by default)."""

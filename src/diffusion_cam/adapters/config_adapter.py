@@ -39,6 +39,10 @@ Keys (see ``families/*.json`` for complete examples):
     [ids], "answer_fill": id`` say how a finished answer sits on the canvas
     (end-of-turn ids, then the filler to the canvas end), which a given
     answer (``explain(..., answer=...)``) needs.
+``final_norm``
+    attribute path of the norm between the last block and the output head
+    (``model.model.norm``); with the head (``get_output_embeddings()``) it is
+    the logit lens that the TAM baseline reads image positions through.
 ``generation``, ``default_layer``, ``states``, ``verified``
 """
 
@@ -52,6 +56,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ExtractionError, ModelLoadError, PromptError, TargetError
@@ -70,6 +75,7 @@ class FamilySpec:
     name: str
     family: str
     blocks: str = ""
+    final_norm: str = ""
     description: str = ""
     hub_ids: list[str] = field(default_factory=list)
     hub_patterns: list[str] = field(default_factory=list)
@@ -167,7 +173,7 @@ def builtin_specs() -> list[FamilySpec]:
     return [read_spec(p) for p in sorted(FAMILIES_DIR.glob("*.json"))]
 
 
-def resolve_path(root: Any, path: str) -> Any:
+def resolve_path(root: Any, path: str, what: str = "block path") -> Any:
     """Follow a dotted attribute path (``model.`` names the loaded object itself)."""
     obj = root
     parts = path.split(".")
@@ -179,7 +185,7 @@ def resolve_path(root: Any, path: str) -> Any:
             continue
         if not hasattr(obj, part):
             done = ".".join(["model", *parts[:i]])
-            raise ModelLoadError(f"block path {path!r}: {done} ({type(obj).__name__}) has no attribute {part!r}")
+            raise ModelLoadError(f"{what} {path!r}: {done} ({type(obj).__name__}) has no attribute {part!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -213,6 +219,9 @@ class ConfigAdapter(Adapter):
         self._blocks = resolve_path(self._model, spec.blocks)
         if not isinstance(self._blocks, (nn.ModuleList, list, tuple)) or not len(self._blocks):
             raise ModelLoadError(f"block path {spec.blocks!r} is not a non-empty list of modules")
+        self._final_norm = resolve_path(self._model, spec.final_norm, "final_norm path") if spec.final_norm else None
+        if self._final_norm is not None and not callable(self._final_norm):
+            raise ModelLoadError(f"final_norm path {spec.final_norm!r} is not a module")
 
     # ------------------------------------------------------------------ model
     @property
@@ -393,6 +402,18 @@ class ConfigAdapter(Adapter):
 
     def forward(self, inputs: ModelInputs, sequence: torch.Tensor) -> torch.Tensor:
         return self._logits(inputs, sequence, None)
+
+    @property
+    def has_logit_lens(self) -> bool:
+        return self._final_norm is not None and self.output_head() is not None
+
+    def logit_lens(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.has_logit_lens:
+            return super().logit_lens(hidden)
+        head = self.output_head()
+        normed = self._final_norm(hidden)
+        # a tied head is the input embedding, applied as F.linear by the model
+        return F.linear(normed, head.weight) if isinstance(head, nn.Embedding) else head(normed)
 
     def forward_at(self, inputs: ModelInputs, sequence: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
         positions = [int(p) for p in positions]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import UnknownNameError
+from ..errors import ExtractionError, UnknownNameError
 from ..extract import ActivationRecorder
 from ..methods.base import ExplanationMethod, RawMaps, Run, state_forwards
 from ..refine import rank_gaussian_filter
@@ -55,6 +55,10 @@ class TAM(ExplanationMethod):
         adapter.check_state(state)
         if state not in ("trajectory", "final"):
             raise UnknownNameError(f"unknown state {state!r}")
+        if not adapter.has_logit_lens:
+            raise ExtractionError(
+                f"tam reads image positions through the logit lens (final norm + output head), which the "
+                f"{adapter.family} adapter does not expose (a family file names its norm with final_norm)")
         self.state = state
         self.kernel = int(kernel)
         self.layer = len(adapter.blocks()) - 1
