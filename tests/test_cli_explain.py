@@ -169,3 +169,32 @@ def test_a_family_file_and_its_checkpoint_from_the_cli(tmp_path, capsys, monkeyp
     assert main([*base, "--model", "tiny-random", "--checkpoint", "x", "--out", str(tmp_path / "o3")]) == 2
     assert "--checkpoint goes with a family file" in capsys.readouterr().err
     assert len(loaded) == 1
+
+
+def test_a_mask_of_another_size_or_without_foreground_is_refused(tiny, image, tmp_path, capsys):
+    exp = dc.GradientCAM(tiny, layer=1, modules=()).explain(image, "describe the image", targets=[0])
+    with pytest.raises(dc.errors.TargetError, match="mask is 24x12 pixels but the explained image is 48x48"):
+        exp.evaluate(np.ones((12, 24), np.uint8))
+    with pytest.raises(dc.errors.TargetError, match="no foreground"):
+        exp.evaluate(np.zeros((48, 48), np.uint8))
+    img, mask = tmp_path / "img.png", tmp_path / "mask.png"
+    Image.fromarray(image).save(img)
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(mask)
+    assert main(["explain", str(img), "--prompt", "describe the image", "--model", "tiny-random", "--no-pictures",
+                 "--mask", str(mask), "--out", str(tmp_path / "o")]) == 2
+    assert "mask is 1x1 pixels" in capsys.readouterr().err
+
+
+def test_bench_refuses_counts_that_cannot_be_meant(tmp_path, capsys):
+    for option, value in (("--items", "0"), ("--skip", "-1"), ("--batch-size", "0"), ("--chunk-size", "0"),
+                          ("--blur-sigma", "-2"), ("--save-explanations", "-5")):
+        with pytest.raises(SystemExit) as stop:
+            main(["bench", "--dataset", "shapes", option, value, "--out", str(tmp_path / "b")])
+        assert stop.value.code == 2
+        assert f"argument {option}" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    from diffusion_cam.evaluation import load_dataset
+    from diffusion_cam.evaluation.datasets import DatasetError
+
+    with pytest.raises(DatasetError, match="at least one scene"):
+        load_dataset("shapes", n=0)

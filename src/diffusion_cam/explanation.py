@@ -149,6 +149,13 @@ class Explanation:
         labels = np.asarray(mask)
         if labels.ndim != 2:
             raise TargetError(f"ground-truth mask must be a 2-D label image, got shape {labels.shape}")
+        if self.maps.ndim == 3 and labels.shape != self.maps.shape[1:]:
+            # scored as given, a mask of another size would silently compare other places
+            h, w = self.maps.shape[1:]
+            raise TargetError(f"ground-truth mask is {labels.shape[1]}x{labels.shape[0]} pixels but the explained image is "
+                              f"{w}x{h}: give a mask of the image's size")
+        if not (labels > 0).any():
+            raise TargetError("ground-truth mask has no foreground (every pixel is 0): nothing to score the maps against")
         if mode is None:
             mode = "mask" if len(np.unique(labels[labels > 0])) <= 1 else "max_class"
         per_token = [metrics.score(m, labels if mode == "max_class" else labels > 0, mode=mode) for m in self.maps]

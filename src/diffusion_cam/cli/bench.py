@@ -7,7 +7,7 @@ import argparse
 from ..adapters.base import STATES
 from ..extract import CAM_FORMULAS, SCORES
 from ..metrics.faithfulness import REPLACEMENTS
-from .options import AKD_BORDERS, _kernel, add_generation_options, add_model_options
+from .options import AKD_BORDERS, _chunk, _kernel, add_generation_options, add_model_options, at_least, positive_float
 
 
 def add_parser(sub) -> None:
@@ -24,8 +24,8 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("dataset")
     g.add_argument("--dataset", choices=DATASETS, default="shapes")
     # (no option may be a prefix of a torchrun option, e.g. --n or --start: torchrun would take it)
-    g.add_argument("--items", type=int, default=300, help="shapes: number of scenes; coco/grandf: at most this many items")
-    g.add_argument("--skip", type=int, default=0, help="coco/grandf: skip the first items; shapes: added to --seed")
+    g.add_argument("--items", type=at_least(1), default=300, help="shapes: number of scenes; coco/grandf: at most this many items")
+    g.add_argument("--skip", type=at_least(0), default=0, help="coco/grandf: skip the first items; shapes: added to --seed")
     g.add_argument("--seed", type=int, default=None, help="shapes: first scene seed (default 10000000, unseen in training)")
     g.add_argument("--prompts", nargs="+", default=["describe"], metavar="TYPE",
                    help="shapes: prompt types among describe color shape count (default: describe)")
@@ -46,15 +46,15 @@ def add_parser(sub) -> None:
     g.add_argument("--akd-kernel", default=None, type=_kernel, help="Diffusion-CAM AKD kernel")
     g.add_argument("--akd-border", default=None, choices=AKD_BORDERS,
                    help="Diffusion-CAM AKD window border (default: the model's)")
-    g.add_argument("--chunk-size", type=int, default=None, help="tokens per batched backward")
+    g.add_argument("--chunk-size", type=_chunk, default=None, help="tokens per batched backward (or auto)")
     g = p.add_argument_group("scoring and output")
     g.add_argument("--no-faithfulness", action="store_true", help="skip deletion / insertion (the slowest metric)")
     g.add_argument("--replacement", choices=REPLACEMENTS, default="blur",
                    help="what removed patches show in deletion / insertion: a blurred copy (default), the mean colour, "
                         "or ROAD's noisy linear imputation from the pixels around them")
-    g.add_argument("--blur-sigma", type=float, default=None, help="blur of removed patches (default: side / 10)")
-    g.add_argument("--batch-size", type=int, default=64, help="perturbed images per forward (faithfulness)")
-    g.add_argument("--save-explanations", nargs="?", type=int, const=-1, default=0, metavar="N",
+    g.add_argument("--blur-sigma", type=positive_float, default=None, help="blur of removed patches (default: side / 10)")
+    g.add_argument("--batch-size", type=at_least(1), default=64, help="perturbed images per forward (faithfulness)")
+    g.add_argument("--save-explanations", nargs="?", type=at_least(0), const=-1, default=0, metavar="N",
                    help="keep the explanations of the first N items (all without N) under explanations/ "
                         "(report gallery; about 0.3 MB per item and method)")
     g.add_argument("--retry-failed", action="store_true", help="on resume, run failed items again")

@@ -81,6 +81,13 @@ class Dataset:
 
 
 # ------------------------------------------------------------------ Shapes
+def _check_range(limit: int | None, start: int) -> None:
+    if limit is not None and int(limit) < 1:
+        raise DatasetError(f"at most {limit} items: give at least 1 (or no limit)")
+    if int(start) < 0:
+        raise DatasetError(f"cannot skip {start} items: give 0 or more")
+
+
 class ShapesDataset(Dataset):
     """Built-in Shapes scenes ``seed, seed + 1, ...`` with the prompts of the chosen types.
 
@@ -97,6 +104,8 @@ class ShapesDataset(Dataset):
         bad = [p for p in prompts if p not in shapes.PROMPT_TYPES]
         if bad:
             raise UnknownNameError(f"unknown shapes prompt type(s) {bad}; choose from {', '.join(shapes.PROMPT_TYPES)}")
+        if int(n) < 1:
+            raise DatasetError(f"a shapes dataset needs at least one scene, got n={n}")
         self.n, self.seed, self.prompt_types = int(n), int(seed), tuple(prompts)
         self._shapes = shapes
         for s in range(self.seed, self.seed + self.n):
@@ -199,6 +208,7 @@ class CocoDataset(Dataset):
                  captions: str | Path | None = None, images: str | Path | None = None,
                  seg_labels: str | Path | None = None, limit: int | None = None, start: int = 0) -> None:
         super().__init__()
+        _check_range(limit, start)
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"COCO root {self.root} is not a directory")
@@ -296,6 +306,7 @@ class GranDfDataset(Dataset):
     def __init__(self, annotations: str | Path, images: str | Path, *, prompt: str | None = None,
                  limit: int | None = None, start: int = 0) -> None:
         super().__init__()
+        _check_range(limit, start)
         _, self._mask_utils = _pycocotools("the GranDf dataset")
         self.path, self.images_dir = Path(annotations), Path(images)
         data = _read_json(self.path)
