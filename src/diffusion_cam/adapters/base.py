@@ -319,10 +319,13 @@ class Adapter(ABC):
         n = len(self.blocks())
         if layer is None:
             layers = [self.default_layer]
-        elif isinstance(layer, (int, np.integer)):
+        elif isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
             layers = [int(layer)]
         else:
-            layers = [int(x) for x in layer]
+            given = list(layer) if isinstance(layer, (list, tuple, range, np.ndarray)) else None
+            if given is None or any(not isinstance(x, (int, np.integer)) or isinstance(x, bool) for x in given):
+                raise LayerError(f"layer {layer!r} is not a block index or a list of block indices")
+            layers = [int(x) for x in given]
             if not layers:
                 raise LayerError("no layer given: pass an index or a non-empty list of indices")
         resolved = []

@@ -51,8 +51,8 @@ def _check_size(height: int, width: int, source: str) -> None:
 def load_image(image: Any) -> np.ndarray:
     """Return ``image`` as an (H, W, 3) uint8 RGB array.
 
-    Accepts a path, a PIL image or a numpy array ((H, W), (H, W, 1|3|4); uint8,
-    or float in [0, 1]).  Grayscale, RGBA, palette and 16-bit images are
+    Accepts a path, a PIL image or a numpy array ((H, W), (H, W, 1|3|4); values
+    0..255 of any numeric dtype, or floats in [0, 1]).  Grayscale, RGBA, palette and 16-bit images are
     converted.  Anything unreadable raises :class:`ImageLoadError` naming the
     source and the problem.
     """
@@ -97,7 +97,12 @@ def load_image(image: Any) -> np.ndarray:
                 raise ImageLoadError(f"array image of dtype {arr.dtype} has non-finite or non-numeric values")
             if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1:
                 arr = arr * 255.0
-            arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+            lo, hi = float(arr.min()), float(arr.max())
+            if lo < 0 or hi > 255:
+                # clipping would show the model another picture than the one passed
+                raise ImageLoadError(f"array image of dtype {image.dtype} has values {lo:g}..{hi:g}; expected 0..255 "
+                                     "(or floats in 0..1)")
+            arr = np.round(arr).astype(np.uint8)
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         elif arr.shape[2] == 4:

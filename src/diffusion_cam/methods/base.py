@@ -155,8 +155,13 @@ class ExplanationMethod(ABC):
         if isinstance(targets, (int, str, np.integer)):
             targets = [targets]
         words = ", ".join(f"{i}:{t!r}" for i, t in enumerate(run.texts))
+        targets = list(targets)
+        if not targets:
+            raise TargetError(f"no target given: name tokens by index or word, or pass None for all ({words})")
         chosen: list[int] = []
         for target in targets:
+            if not isinstance(target, (str, int, np.integer)) or isinstance(target, bool):
+                raise TargetError(f"target {target!r} is neither a token index nor a word ({words})")
             if isinstance(target, str):
                 # a token with that text, else every token of a word split into subwords
                 hits = [i for occurrence in find_word(run.texts, target) for i in occurrence]
