@@ -198,3 +198,17 @@ def test_bench_refuses_counts_that_cannot_be_meant(tmp_path, capsys):
 
     with pytest.raises(DatasetError, match="at least one scene"):
         load_dataset("shapes", n=0)
+
+
+def test_an_image_path_right_after_faithfulness_gets_a_hint(tmp_path, capsys):
+    img = tmp_path / "img.png"
+    Image.fromarray(random_image(0)).save(img)
+    with pytest.raises(SystemExit) as stop:
+        main(["explain", "--faithfulness", str(img), "--prompt", "describe the image", "--out", str(tmp_path / "o")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "looks like an image: put it before --faithfulness, or write --faithfulness=blur" in err
+    with pytest.raises(SystemExit):
+        main(["explain", str(img), "--faithfulness", "noise", "--prompt", "describe the image"])
+    err = capsys.readouterr().err
+    assert "'noise' is not a fill" in err and "looks like" not in err

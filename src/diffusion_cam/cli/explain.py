@@ -29,12 +29,23 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", default=None, metavar="PNG",
                    help="ground-truth label image (0 = background) or binary mask: adds localisation metrics "
                         "(one image only)")
-    p.add_argument("--faithfulness", nargs="?", const="blur", default=None, choices=REPLACEMENTS,
+    p.add_argument("--faithfulness", nargs="?", const="blur", default=None, type=_fill,
+                   metavar="{" + ",".join(REPLACEMENTS) + "}",
                    help="also measure deletion / insertion AUC of every map; removed patches show a blurred copy "
                         "(default), the mean colour or ROAD's imputation")
     add_model_options(p)
     add_method_options(p)
     p.set_defaults(run=run)
+
+
+def _fill(text: str) -> str:
+    if text in REPLACEMENTS:
+        return text
+    hint = ""
+    if Path(text).suffix or Path(text).exists():
+        # nargs="?" takes the word after it: an image path placed there is read as a fill
+        hint = f"; {text!r} looks like an image: put it before --faithfulness, or write --faithfulness=blur"
+    raise argparse.ArgumentTypeError(f"{text!r} is not a fill for removed patches (choose from {', '.join(REPLACEMENTS)}){hint}")
 
 
 def _targets(values):
