@@ -249,8 +249,6 @@ def check(family: str, out: Path, loader_kwargs: dict, size: tuple[int, int]) ->
 
 def check_logit_lens(adapter, run, image) -> None:
     """The family file's final_norm with the head is the model's own read-out (TAM's logit lens)."""
-    import torch
-
     import diffusion_cam as dc
     from diffusion_cam.extract import ActivationRecorder
 
@@ -274,24 +272,16 @@ def check_logit_lens(adapter, run, image) -> None:
 
 def check_head_rows(adapter, run) -> None:
     """The logits the library reads come from the family's head on the scored rows only."""
-    import torch
+    from diffusion_cam.testing import logits_both_ways
 
     seq = run.generation.sequence[None]
     positions = [run.inputs.answer_start + i for i in (3, 0, 1)]
-    head = adapter.output_head()
-    assert head is not None, "the family's model names no output head (get_output_embeddings)"
-    rows = []
-    handle = head.register_forward_hook(lambda m, a, o: rows.append(o.shape[-2]))
-    try:
-        with torch.no_grad():
-            full = adapter.forward(run.inputs, seq)
-            n_full = len(rows)
-            part = adapter.forward_at(run.inputs, seq, positions)
-    finally:
-        handle.remove()
-    assert rows[n_full:][-1] == len(positions), f"the head projected {rows[n_full:]} rows, not {len(positions)}"
+    assert adapter.output_head() is not None, "the family's model names no output head (get_output_embeddings)"
+    full, part, shapes = logits_both_ways(adapter, run.inputs, seq, positions)
+    rows = [s[-2] for s in shapes]  # the full forward's head calls come first, forward_at's last
+    assert rows[-1] == len(positions), f"the head projected {rows} rows, not {len(positions)}"
     torch.testing.assert_close(part, full[:, positions], rtol=1e-4, atol=1e-5)
-    print(f"logits at {len(positions)} positions: the head projected {len(positions)} rows instead of {rows[n_full - 1]}, "
+    print(f"logits at {len(positions)} positions: the head projected {len(positions)} rows instead of {rows[len(rows) // 2 - 1]}, "
           f"same values as the full forward (max difference {float((part - full[:, positions]).abs().max()):.1e}): OK")
 
 

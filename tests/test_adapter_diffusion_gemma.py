@@ -130,15 +130,10 @@ def test_logits_at_positions_equal_the_full_forward(adapter):
     seq = result.steps[1].sequence[None]
     a0 = inputs.answer_start
     positions = [a0 + 5, a0, 3, a0 + 7]  # 3 lies in the prompt, outside the decoded canvas
-    rows = []
-    handle = adapter.output_head().register_forward_hook(lambda m, a, out: rows.append(out.shape[1]))
-    try:
-        with torch.no_grad():
-            full = adapter.forward(inputs, seq)
-            part = adapter.forward_at(inputs, seq, positions)
-    finally:
-        handle.remove()
-    assert rows == [adapter.canvas_length, 4]  # the decoder's head projected the four rows only
+    from diffusion_cam.testing import logits_both_ways
+
+    full, part, shapes = logits_both_ways(adapter, inputs, seq, positions)
+    assert [s[1] for s in shapes] == [adapter.canvas_length, 4]  # the decoder's head projected the four rows only
     assert part.shape == (1, 4, full.shape[-1])
     torch.testing.assert_close(part, full[:, positions])
     assert not part[0, 2].any() and part[0, 0].any()

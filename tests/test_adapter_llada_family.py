@@ -23,6 +23,7 @@ from diffusion_cam.adapters import llada_family as fam
 from diffusion_cam.adapters.base import GenerationConfig
 from diffusion_cam.adapters.config_adapter import ConfigAdapter, FamilySpec, builtin_specs
 from diffusion_cam.errors import ExtractionError, ModelLoadError, PromptError, TargetError
+from diffusion_cam.testing import logits_both_ways
 
 VOCAB = 160
 MASK, EOS, BOI, EOI, NEWLINE, SOI, MMU, BOA, EOA, IMG = range(10)
@@ -629,15 +630,9 @@ def test_the_head_projects_only_the_positions_asked_for(family):
     positions = [a0 + 3, a0, a0 + 1]  # any order
     if family == "dimple":
         positions.append(0)  # the first token has no row before it: read from its own (as forward does)
-    head = adapter.model.get_output_embeddings()
-    rows_seen = []
-    handle = head.register_forward_hook(lambda m, args, out: rows_seen.append(tuple(out.shape[:-1])))
-    try:
-        with torch.no_grad():
-            full = adapter.forward(inputs, seq)
-            part = adapter.forward_at(inputs, seq, positions)
-    finally:
-        handle.remove()
+    assert adapter.output_head() is adapter.model.get_output_embeddings()
+    full, part, shapes = logits_both_ways(adapter, inputs, seq, positions)
+    rows_seen = [s[:-1] for s in shapes]
     assert part.shape == (1, len(positions), VOCAB)
     torch.testing.assert_close(part, full[:, positions], rtol=1e-5, atol=1e-6)
     n_forward = len(rows_seen) // 2

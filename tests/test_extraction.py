@@ -494,14 +494,9 @@ def test_forward_at_projects_only_the_asked_rows(tiny, image):
     inputs, gen = _run(tiny, image)
     seq = gen.sequence[None]
     positions = [inputs.answer_start + 5, inputs.answer_start, 2]
-    shapes = []
-    handle = tiny.model.head.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
-    try:
-        with torch.no_grad():
-            full = tiny.forward(inputs, seq)
-            part = tiny.forward_at(inputs, seq, positions)
-    finally:
-        handle.remove()
+    from diffusion_cam.testing import logits_both_ways
+
+    full, part, shapes = logits_both_ways(tiny, inputs, seq, positions)
     vocab = full.shape[-1]
     assert shapes == [(1, seq.shape[1], vocab), (1, 3, vocab)]
     torch.testing.assert_close(part, full[:, positions], rtol=1e-5, atol=1e-6)

@@ -177,3 +177,17 @@ def tiny_adapter(seed: int = 0, gen_length: int = 8, **config) -> TinyAdapter:
 
 def random_image(seed: int = 0, size: int = 48) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def logits_both_ways(adapter: Adapter, inputs: ModelInputs, sequence: torch.Tensor, positions: Sequence[int]):
+    """``(full, part, shapes)``: the full forward's logits, ``forward_at(positions)``'s, and the output
+    shapes of every call of the adapter's output head during the two (checks that the head was narrowed)."""
+    shapes: list[tuple[int, ...]] = []
+    handle = adapter.output_head().register_forward_hook(lambda _m, _a, out: shapes.append(tuple(out.shape)))
+    try:
+        with torch.no_grad():
+            full = adapter.forward(inputs, sequence)
+            part = adapter.forward_at(inputs, sequence, positions)
+    finally:
+        handle.remove()
+    return full, part, shapes
