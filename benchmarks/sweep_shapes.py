@@ -8,6 +8,8 @@ Every prompt type is swept (captions, colour / shape / count questions).
 
     python benchmarks/sweep_shapes.py [--items 30] [--out runs/sweep_shapes] [--faithfulness]
     torchrun --nproc_per_node 2 benchmarks/sweep_shapes.py --items 60 --out runs/sweep_shapes
+    torchrun --nproc_per_node 2 benchmarks/sweep_shapes.py --items 60 --only "akd border" --seed 30000000 \
+        --out runs/sweep_border30
     python benchmarks/sweep_shapes.py --figure docs/bench_maps.png
 """
 
@@ -105,19 +107,25 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="shapes-tiny weights directory (default: the shipped ones)")
     ap.add_argument("--faithfulness", action="store_true", help="also deletion / insertion (slower)")
     ap.add_argument("--figure", default=None, help="only draw the maps of two held-out scenes into this PNG")
+    ap.add_argument("--seed", type=int, default=SWEEP_SEED,
+                    help=f"first scene (default {SWEEP_SEED}; 30000000 is the second held-out set)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="PREFIX",
+                    help="run the defaults and only the rows whose label starts with one of these (e.g. 'akd border')")
     args = ap.parse_args()
     adapter = dc.load_model(args.model, **({"weights_dir": args.weights} if args.weights else {}))
     if args.figure:
         figure(adapter, Path(args.figure))
         return
-    dataset = load_dataset("shapes", n=args.items, seed=SWEEP_SEED, prompts=PROMPT_TYPES)
+    dataset = load_dataset("shapes", n=args.items, seed=args.seed, prompts=PROMPT_TYPES)
     specs = configs(len(adapter.blocks()), adapter.default_layer, adapter.default_cam, adapter.default_akd_border,
                     adapter.default_score)
+    if args.only:
+        specs = specs[:1] + [s for s in specs[1:] if s.label.startswith(tuple(args.only))]
     config = BenchConfig(out=Path(args.out), specs=specs, faithfulness=args.faithfulness, progress=True)
     rank, world, _ = dist_env()
     tables = run_bench(adapter, dataset, config, rank=rank, world=world)
     if tables is not None:
-        print(f"sweep on {args.items} held-out scenes (seed {SWEEP_SEED}+, every prompt type), model {args.model}, "
+        print(f"sweep on {args.items} held-out scenes (seed {args.seed}+, every prompt type), model {args.model}, "
               f"default block {adapter.default_layer}, default formula {adapter.default_cam}, "
               f"default score {adapter.default_score}")
         print(markdown(tables["main"]))

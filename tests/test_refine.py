@@ -88,9 +88,26 @@ def test_akd_matches_per_pixel_rule(k, shape):
 
 
 @pytest.mark.parametrize("k", [3, 5])
-def test_akd_symmetric_border_matches_per_pixel_rule(k):
+@pytest.mark.parametrize("border", ["symmetric", "zero"])
+def test_akd_other_borders_match_per_pixel_rule(k, border):
     m = random_map(np.random.default_rng(k), (9, 7))
-    np.testing.assert_allclose(akd(m, k, border="symmetric"), loop_rank_gaussian(m, k, "symmetric"), rtol=0, atol=1e-12)
+    pad = {"symmetric": "symmetric", "zero": "constant"}[border]
+    np.testing.assert_allclose(akd(m, k, border=border), loop_rank_gaussian(m, k, pad), rtol=0, atol=1e-12)
+    inner = (slice(k // 2, -(k // 2)),) * 2  # windows inside the map do not see the border
+    np.testing.assert_array_equal(akd(m, k, border=border)[inner], akd(m, k)[inner])
+
+
+def test_akd_zero_border_gives_an_edge_blob_no_extra_support():
+    # two 2x2 blobs of about the same strength, one on the edge, one inside
+    m = np.full((6, 6), 0.1)
+    m[0:2, 3:5] = 1.0
+    m[3:5, 1:3] = 0.9
+    sym, zero = akd(m, 3, border="symmetric"), akd(m, 3, border="zero")
+    # the symmetric border repeats the edge row, so the edge blob fills more of its windows
+    assert sym[0:2, 3:5].max() > 2.5 * sym[3:5, 1:3].max()
+    # zero padding counts nothing twice: the two blobs come out in proportion to their strength
+    assert 1.0 < zero[0:2, 3:5].max() / zero[3:5, 1:3].max() < 1.3
+    np.testing.assert_array_equal(zero[3:5, 1:3], sym[3:5, 1:3])
 
 
 def test_akd_border_decides_whether_a_peak_next_to_the_edge_moves_onto_it():
@@ -104,7 +121,7 @@ def test_akd_border_decides_whether_a_peak_next_to_the_edge_moves_onto_it():
     assert np.unravel_index(np.argmax(sym), sym.shape)[1] in (1, 2)
     assert sym[2:4, 0].max() < sym[2:4, 1].max()
     np.testing.assert_array_equal(akd(m, 3, border="reflect101"), ref)  # the default is the reference's
-    with pytest.raises(ValueError, match="border must be one of reflect101, symmetric"):
+    with pytest.raises(ValueError, match="border must be one of reflect101, symmetric, zero"):
         akd(m, 3, border="wrap")
     # the pipeline routes it like any module parameter
     routed = R.refine(m, [1, 2], ("akd",), akd_border="symmetric")

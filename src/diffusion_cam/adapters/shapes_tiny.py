@@ -21,7 +21,7 @@ from .registry import ModelEntry, register_model
 DEFAULT_LAYER = 0
 DEFAULT_CAM = "layercam"
 DEFAULT_SCORE = "logodds"
-DEFAULT_AKD_BORDER = "symmetric"
+DEFAULT_AKD_BORDER = "zero"
 
 
 class ShapesTinyAdapter(Adapter):

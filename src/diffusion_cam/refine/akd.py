@@ -57,8 +57,8 @@ def _ranked_windows(x: np.ndarray, k: int, pad_mode: str = "reflect") -> tuple[l
     h, w = x.shape
     n = k * k
     # numpy "reflect" excludes the edge sample, i.e. OpenCV BORDER_REFLECT_101
-    # (the reference's border), "symmetric" repeats it (BORDER_REFLECT); both
-    # handle pads wider than the map.
+    # (the reference's border), "symmetric" repeats it (BORDER_REFLECT),
+    # "constant" pads zeros (BORDER_CONSTANT); all handle pads wider than the map.
     padded = np.pad(x, k // 2, mode=pad_mode)
     if n <= _NETWORK_MAX_N:
         # One buffer for all planes plus a spare, updated in place: allocating
@@ -87,8 +87,8 @@ def _ranked_windows(x: np.ndarray, k: int, pad_mode: str = "reflect") -> tuple[l
     return list(stack), stack.sum(axis=0), np.einsum("rhw,rhw->hw", stack, stack)
 
 
-#: window borders: the reference's reflect-101 (``dcb|abcd``) or symmetric (``cba|abcd``)
-BORDERS = {"reflect101": "reflect", "symmetric": "symmetric"}
+#: window borders: the reference's reflect-101 (``dcb|abcd``), symmetric (``cba|abcd``) or zero (``000|abcd``)
+BORDERS = {"reflect101": "reflect", "symmetric": "symmetric", "zero": "constant"}
 
 
 def rank_gaussian_filter(m, kernel_size: int = 3, border: str = "reflect101") -> np.ndarray:
@@ -98,6 +98,9 @@ def rank_gaussian_filter(m, kernel_size: int = 3, border: str = "reflect101") ->
     pixel, so a window on the edge holds the pixels next to the edge twice: a
     peak one pixel from the edge of a coarse grid is moved onto the edge.
     ``"symmetric"`` repeats the edge pixel instead, which leaves that peak in place.
+    ``"zero"`` pads with 0, no evidence outside the image: a window on the edge
+    ranks its pixels together with that empty space, so an edge pixel keeps a
+    high value only where it stands out from more than its in-image neighbours.
 
     Per pixel, with sorted window values ``w_0..w_{n-1}`` (``n = k²``),
     ``mu = mean``, ``s = std / mu`` and rank offsets ``a_r = r - n//2``::
