@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import ExtractionError, UnknownNameError
-from ..extract import ActivationRecorder
+from ..extract import ActivationRecorder, rows_in, window
 from ..methods.base import ExplanationMethod, RawMaps, Run, state_forwards
 from ..refine import rank_gaussian_filter
 
@@ -76,10 +76,9 @@ class TAM(ExplanationMethod):
         grids = adapter.image_grids(run.inputs, sequence)
         own = [run.canvas_position(i) for i in members]
         ctx = [run.canvas_position(i) for i in context]
-        window = sorted(set(own) | set(ctx))
+        read = window(own + ctx)
         with ActivationRecorder(adapter.blocks(), [self.layer], adapter.unwrap) as rec:
-            logits = adapter.forward_at(run.inputs, sequence[None].to(adapter.device), window)[0].float()
-        row_of = {p: i for i, p in enumerate(window)}
+            logits = adapter.forward_at(run.inputs, sequence[None].to(adapter.device), read)[0].float()
         ids = torch.tensor([run.answer_ids[i] for i in members], device=logits.device)
         per_grid = []
         for grid in grids:
@@ -88,9 +87,9 @@ class TAM(ExplanationMethod):
             lens = adapter.logit_lens(hidden.index_select(-2, pos)).float()  # (n, V)
             maps = lens[:, ids].clamp(min=0).T.reshape(len(members), *grid.shape)
             per_grid.append(maps.cpu().numpy().astype(np.float64))
-        own_rows = torch.tensor([row_of[p] for p in own], device=logits.device)
+        own_rows = torch.tensor(rows_in(read, own), device=logits.device)
         scores = logits[own_rows, ids].cpu().numpy().astype(np.float64)
-        ctx_rows = torch.tensor([row_of[p] for p in ctx], device=logits.device, dtype=torch.long)
+        ctx_rows = torch.tensor(rows_in(read, ctx), device=logits.device, dtype=torch.long)
         relevance = logits[ctx_rows][:, ids].clamp(min=0).T.cpu().numpy().astype(np.float64)  # (K, len(context))
         return grids, per_grid, scores, relevance
 

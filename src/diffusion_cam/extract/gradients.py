@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -20,9 +20,16 @@ class Target:
     distractor_id: int | None = None  # used by the contrastive score
 
 
-def window(targets: Sequence[Target]) -> list[int]:
-    """The positions whose logits the targets read, each once, in order."""
-    return sorted({t.position for t in targets})
+def window(items: Iterable[Target | int]) -> list[int]:
+    """The positions read (targets' or plain positions), each once, in order: what to pass to
+    :meth:`Adapter.forward_at`."""
+    return sorted({int(t.position) if isinstance(t, Target) else int(t) for t in items})
+
+
+def rows_in(window: Sequence[int], positions: Iterable[int]) -> list[int]:
+    """The row of each position in logits computed at ``window``."""
+    row_of = {int(p): i for i, p in enumerate(window)}
+    return [row_of[int(p)] for p in positions]
 
 
 def target_scores(logits: torch.Tensor, targets: Sequence[Target], score: str = "logit",
@@ -31,8 +38,8 @@ def target_scores(logits: torch.Tensor, targets: Sequence[Target], score: str = 
     ``positions[i]`` (:func:`window` of the targets, or every position when None)."""
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
-    row_of = {p: i for i, p in enumerate(positions)} if positions is not None else None
-    pos = torch.tensor([t.position if row_of is None else row_of[t.position] for t in targets], device=logits.device)
+    wanted = [t.position for t in targets]
+    pos = torch.tensor(wanted if positions is None else rows_in(positions, wanted), device=logits.device)
     ids = torch.tensor([t.token_id for t in targets], device=logits.device)
     rows = logits[pos].float()
     if score == "vocab_sum":

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..adapters.base import Adapter, ModelInputs
+from ..extract.gradients import rows_in, window
 
 __all__ = ["FaithfulnessResult", "PerturbationTarget", "REPLACEMENTS", "auc", "blurred", "blurred_sets", "compose",
            "deletion_insertion", "linear_imputation", "patch_order", "patch_scores", "perturbed_images",
@@ -245,10 +246,10 @@ def _stack_inputs(items: Sequence[ModelInputs]) -> ModelInputs | None:
 
 def _probabilities(adapter: Adapter, inputs: Sequence[ModelInputs], sequences: torch.Tensor,
                    positions: Sequence[int], ids: Sequence[int]) -> np.ndarray:
-    window = sorted(set(positions))
+    read = window(positions)
     logits = adapter.forward_at(inputs[0] if len(inputs) == 1 else _stack_inputs(inputs), sequences.to(adapter.device),
-                                window)
-    rows = logits[torch.arange(len(positions)), torch.tensor([window.index(p) for p in positions])].float()
+                                read)
+    rows = logits[torch.arange(len(positions)), torch.tensor(rows_in(read, positions))].float()
     return torch.softmax(rows, -1)[torch.arange(len(ids)), torch.tensor(ids)].double().cpu().numpy()
 
 
