@@ -1,15 +1,19 @@
-"""``diffusion-cam train-shapes``: retrain the built-in Shapes model with the shipped recipe."""
+"""``diffusion-cam train-shapes``: retrain a built-in Shapes model with its shipped recipe."""
 
 from __future__ import annotations
 
 import argparse
 
+ARCHS = ("shapes-tiny", "diffusion-gemma")
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train-shapes", help="retrain the built-in shapes-tiny model: its nine stages, resumable")
-    p.add_argument("--out", required=True,
-                   help="run directory: one sub-directory per stage, the model in stage-9/final (rerun to resume)")
-    p.add_argument("--stages", type=int, default=None, help="run only the first N stages (default: all nine)")
+    p = sub.add_parser("train-shapes", help="retrain a built-in Shapes model with its recipe (seeded, resumable)")
+    p.add_argument("--arch", choices=ARCHS, default="shapes-tiny",
+                   help="shapes-tiny (nine stages, the model in DIR/stage-9/final) or diffusion-gemma (the stock "
+                        "DiffusionGemmaForBlockDiffusion of diffusion-gemma-shapes, a checkpoint folder in DIR/final)")
+    p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    p.add_argument("--stages", type=int, default=None, help="shapes-tiny: run only the first N stages (default: all)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
@@ -18,10 +22,18 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UnknownNameError
+
+    options = {k: v for k, v in vars(args).items() if k in ("seed", "threads") and v is not None}
+    if args.arch == "diffusion-gemma":
+        from ..models.diffusion_gemma_shapes import train as dg
+
+        if args.stages is not None:
+            raise UnknownNameError("--stages applies to --arch shapes-tiny only; diffusion-gemma trains in one stage")
+        dg.train(args.out, dg.RECIPE.with_options(**options), progress=not args.no_progress)
+        return 0
     from ..models.shapes_tiny import train as recipe
 
     if args.stages is not None and not 1 <= args.stages <= len(recipe.RECIPE):
         raise UnknownNameError(f"--stages must be between 1 and {len(recipe.RECIPE)}, got {args.stages}")
-    options = {k: v for k, v in vars(args).items() if k in ("seed", "threads") and v is not None}
     recipe.train_recipe(args.out, stages=args.stages, progress=not args.no_progress, **options)
     return 0

@@ -1,0 +1,401 @@
+"""Train ``diffusion-gemma-shapes``: a stock ``DiffusionGemmaForBlockDiffusion`` on the Shapes world.
+
+    diffusion-cam train-shapes --arch diffusion-gemma --out DIR [--steps N --batch-images B --seed S --threads T]
+
+The model is the transformers class as it is; only the training loop is ours.
+
+Objective (DiffusionGemma's uniform-noise denoising with self-conditioning):
+for each (image, prompt, answer) sequence draw ``t`` (stratified over the
+batch), replace every canvas position by a uniformly random vocabulary token
+with probability ``t`` and minimise the cross-entropy of the clean canvas
+(answer, ``<eos>``, padding) at every position.  For half of the sequences the
+decoder first runs once without gradient and its logits, divided by a
+temperature drawn from the sampler's range, are fed back as the
+self-conditioning input of the pass that is trained, as the sampler does at
+every step after the first.
+
+The encoder and decoder are called exactly as ``DiffusionGemmaAdapter`` calls
+them (the vision-bidirectional mask built explicitly, the decoder reading the
+encoder's KV cache), except that each image's vision features are computed
+once and shared by the prompts asked about it (``mm_encoder_outputs``): the
+same arithmetic as passing the pixels with every prompt.
+
+A dense auxiliary loss trains the vision tower fast: linear heads classify,
+per soft token, the colour, the shape and the left-to-right rank of the
+object covering it (background otherwise, ambiguous boundary tokens ignored),
+once on the vision tower's pooled output and once on the soft tokens the
+multimodal embedder hands to the language model.  The second set keeps that
+code in the tokens the language model reads: supervised on the tower alone,
+the language model ignored the image for the first 225 steps (the
+cross-entropy of its answers did not change when the images of a batch were
+swapped).  The heads are not part of the model and are not saved with it.
+
+Seeds: a step's scenes and noise come from ``numpy.random.default_rng([seed,
+1, step])`` / ``torch.Generator().manual_seed(seed * 1_000_003 + step)``, so a
+killed run resumes exactly from its last checkpoint.  The in-training
+evaluation uses ``EVAL_SEED`` scenes, which training never draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...datasets import shapes as sw
+from ..shapes_tiny.train import patch_targets
+from . import build
+
+EVAL_SEED = 7_100_019
+KINDS = ("describe", "color", "shape", "count")
+GRID = 16
+_CKPT = "checkpoint"
+_FINAL = "final"
+
+
+@dataclass(frozen=True)
+class HParams:
+    """The shipped recipe's settings are the defaults."""
+
+    steps: int = 800
+    batch_images: int = 8
+    captions_per_image: int = 1
+    questions_per_image: int = 1  # of the colour / shape / count kinds, drawn at random
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    aux_weight: float = 1.0
+    aux_weight_final: float = 0.1
+    sc_prob: float = 0.5
+    seed: int = 0
+    threads: int = 1  # one thread: on a shared 2-core machine two threads ran 10x slower per step
+    eval_every: int = 100
+    eval_per_kind: int = 32
+    ckpt_every: int = 25
+
+    def with_options(self, **options: Any) -> "HParams":
+        return replace(self, **options)
+
+
+RECIPE = HParams()
+#: settings that do not change what is trained, so a run may resume with other values
+_FREE = ("threads",)
+
+
+# ----------------------------------------------------------------------------- data
+
+def prompt_ids(tok, prompt: str, n_soft: int) -> list[int]:
+    """Token ids of one image + prompt turn, image placeholder expanded as the adapter expands it."""
+    text = tok.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+                                   tokenize=False, add_generation_prompt=True)
+    before, after = text.split("<|image|>")
+    text = before + "<|image>" + "<|image|>" * n_soft + "<image|>" + after
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def canvas_ids(tok, answer: str) -> list[int]:
+    ids = list(tok(answer, add_special_tokens=False)["input_ids"]) + [build.EOS]
+    if len(ids) > build.CANVAS_LENGTH:
+        raise ValueError(f"answer {answer!r} does not fit the {build.CANVAS_LENGTH}-token canvas")
+    return ids + [build.PAD] * (build.CANVAS_LENGTH - len(ids))
+
+
+def questions(scene: sw.Scene, rng: np.random.Generator, captions: int, others: int = 3) -> list[tuple[str, str]]:
+    """(kind, prompt) pairs asked about one scene: the caption ``captions`` times, then ``others`` questions of
+    distinct other kinds (all three in a fixed order when ``others`` is 3, else drawn at random)."""
+    obj = scene.objects[int(rng.integers(scene.n_objects))]
+    other = scene.objects[int(rng.integers(scene.n_objects))]
+    asked = {"color": sw.colour_question(obj.shape), "shape": sw.shape_question(other.colour),
+             "count": sw.PROMPT_COUNT}
+    kinds = list(asked) if others >= len(asked) else [list(asked)[int(k)] for k in rng.permutation(3)[:others]]
+    return [("describe", sw.PROMPT_DESCRIBE)] * captions + [(k, asked[k]) for k in kinds]
+
+
+def aux_targets(scenes: Sequence[sw.Scene]) -> torch.Tensor:
+    """(N * GRID * GRID, 3) colour / shape / rank class per soft token; 0 background, -100 ambiguous."""
+    labels = np.zeros((len(scenes), sw.CANVAS, sw.CANVAS), dtype=np.uint8)
+    for i, s in enumerate(scenes):
+        for k, o in enumerate(s.objects):
+            labels[i][o.mask] = k + 1
+    obj = patch_targets(labels, GRID).astype(np.int64)  # 0 bg, k object k, -1 ambiguous
+    out = np.full(obj.shape + (3,), -100, dtype=np.int64)
+    for i, s in enumerate(scenes):
+        lut = np.array([[0, 0, 0]] + [[sw.COLOURS.index(o.colour) + 1, sw.SHAPES.index(o.shape) + 1, k + 1]
+                                      for k, o in enumerate(s.objects)])
+        ok = obj[i] >= 0
+        out[i][ok] = lut[obj[i][ok]]
+    return torch.from_numpy(out.reshape(-1, 3))
+
+
+class Heads(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.colour = nn.Linear(width, len(sw.COLOURS) + 1)
+        self.shape = nn.Linear(width, len(sw.SHAPES) + 1)
+        self.rank = nn.Linear(width, 4)
+
+    def loss(self, feats: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+        heads = (self.colour, self.shape, self.rank)
+        losses, correct, total = [], 0, 0
+        for j, head in enumerate(heads):
+            logits = head(feats)
+            losses.append(F.cross_entropy(logits, target[:, j], ignore_index=-100))
+            ok = target[:, j] >= 0
+            correct += int((logits.argmax(-1)[ok] == target[ok, j]).sum())
+            total += int(ok.sum())
+        return sum(losses) / len(heads), correct / max(total, 1)
+
+
+class AuxHeads(nn.Module):
+    """Colour / shape / rank heads on the vision tower's output and on the embedded soft tokens."""
+
+    def __init__(self, vision_width: int, text_width: int) -> None:
+        super().__init__()
+        self.vision = Heads(vision_width)
+        self.embedded = Heads(text_width)
+
+    def loss(self, vision: torch.Tensor, embedded: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+        lv, acc = self.vision.loss(vision, target)
+        le, _ = self.embedded.loss(embedded, target)
+        return (lv + le) / 2, acc
+
+
+# ----------------------------------------------------------------------------- forward
+
+class Runner:
+    """The model's encoder / decoder calls for batches of one prompt length, as the adapter makes them."""
+
+    def __init__(self, model, tok, processor) -> None:
+        self.model, self.tok, self.processor = model, tok, processor
+
+    def vision(self, images: Sequence[np.ndarray]):
+        from PIL import Image
+
+        feats = self.processor(images=[Image.fromarray(im) for im in images], return_tensors="pt")
+        out = self.model.model.encoder.get_image_features(feats["pixel_values"], feats["image_position_ids"],
+                                                          return_dict=True)
+        n_soft = int(feats["num_soft_tokens_per_image"][0])
+        return out.last_hidden_state, out.pooler_output.reshape(len(images), n_soft, -1), n_soft
+
+    def encode(self, ids: torch.Tensor, soft: torch.Tensor):
+        from transformers import DynamicCache
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        model = self.model
+        encoder = model.model.encoder
+        batch, length = ids.shape
+        cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+        mm = (ids == build.IMAGE).long()
+        positions = torch.arange(length)[None].expand(batch, -1)
+        dummy = torch.empty((batch, length, 0), dtype=soft.dtype)
+        masks = encoder.create_masks_for_generate(
+            config=model.config, inputs_embeds=dummy, attention_mask=torch.ones_like(ids, dtype=torch.bool),
+            past_key_values=cache, position_ids=positions, mm_token_type_ids=mm)
+        image = BaseModelOutputWithPooling(pooler_output=soft.reshape(-1, soft.shape[-1]))
+        encoder(input_ids=ids, attention_mask=masks, past_key_values=cache, position_ids=positions,
+                mm_token_type_ids=mm, mm_encoder_outputs={"image": image})
+        return cache
+
+    def decode(self, cache, canvas: torch.Tensor, start: int, sc_logits=None, sc_mask=None) -> torch.Tensor:
+        positions = torch.arange(start, start + canvas.shape[1])[None].expand(canvas.shape[0], -1)
+        return self.model(past_key_values=cache, decoder_input_ids=canvas, decoder_position_ids=positions,
+                          self_conditioning_logits=sc_logits, self_conditioning_mask=sc_mask).logits
+
+
+def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[torch.Tensor, dict]:
+    rng = np.random.default_rng([hp.seed, 1, step])
+    gen = torch.Generator().manual_seed(hp.seed * 1_000_003 + step)
+    scenes = [sw.generate_scene(rng) for _ in range(hp.batch_images)]
+    vis_hidden, soft, n_soft = runner.vision([s.image for s in scenes])
+    aux, patch_acc = heads.loss(vis_hidden, soft.reshape(-1, soft.shape[-1]), aux_targets(scenes))
+    groups: dict[str, list[tuple[int, str, str]]] = {k: [] for k in KINDS}
+    for i, s in enumerate(scenes):
+        for kind, prompt in questions(s, rng, hp.captions_per_image, hp.questions_per_image):
+            groups[kind].append((i, prompt, sw.answer(s, prompt)))
+    vocab = runner.model.config.text_config.vocab_size
+    total, count, stats = 0.0, 0, {}
+    n_seq = sum(len(g) for g in groups.values())
+    for kind, items in groups.items():
+        if not items:
+            continue
+        ids = torch.tensor([prompt_ids(runner.tok, p, n_soft) for _, p, _ in items])
+        target = torch.tensor([canvas_ids(runner.tok, a) for _, _, a in items])
+        cache = runner.encode(ids, soft[[i for i, _, _ in items]])
+        n = len(items)
+        # stratified noise levels keep every batch spread over easy and hard canvases
+        t = (torch.arange(n) + torch.rand(n, generator=gen)) / n
+        t = t[torch.randperm(n, generator=gen)].clamp(min=0.02)
+        noised = torch.rand(target.shape, generator=gen) < t[:, None]
+        canvas = torch.where(noised, torch.randint(0, vocab, target.shape, generator=gen), target)
+        use_sc = torch.rand(n, generator=gen) < hp.sc_prob
+        temperature = 0.4 + 0.4 * torch.rand(n, 1, 1, generator=gen)
+        with torch.no_grad():
+            first = runner.decode(cache, canvas, ids.shape[1])
+        logits = runner.decode(cache, canvas, ids.shape[1], sc_logits=first / temperature, sc_mask=use_sc)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        total = total + loss * (n / n_seq)
+        with torch.no_grad():
+            stats[f"acc_{kind}"] = float((logits.argmax(-1) == target).all(-1).float().mean())
+    weight = hp.aux_weight_final + (hp.aux_weight - hp.aux_weight_final) * max(0.0, 1 - step / max(1, hp.steps))
+    stats.update(diffusion=float(total.detach()), aux=float(aux.detach()), patch_acc=patch_acc)
+    return total + weight * aux, stats
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def greedy_answers(runner: Runner, images: Sequence[np.ndarray], prompts: Sequence[str], steps: int = 12,
+                   seed: int = 0) -> list[str]:
+    """A batched greedy version of the model's entropy-bounded sampler, for monitoring during training only
+    (the reported accuracy comes from the adapter's own sampler, ``benchmarks/shapes_accuracy.py``)."""
+    gen = torch.Generator().manual_seed(seed)
+    _, soft, n_soft = runner.vision(list(images))
+    ids = torch.tensor([prompt_ids(runner.tok, p, n_soft) for p in prompts])
+    cache = runner.encode(ids, soft)
+    vocab = runner.model.config.text_config.vocab_size
+    shape = (len(prompts), build.CANVAS_LENGTH)
+    canvas = torch.randint(0, vocab, shape, generator=gen)
+    sc = None
+    for i in range(steps):
+        logits = runner.decode(cache, canvas, ids.shape[1], sc_logits=sc)
+        temperature = 0.4 + 0.4 * (steps - i) / steps
+        processed = logits / temperature
+        argmax = processed.argmax(-1)
+        entropy = torch.distributions.Categorical(logits=processed).entropy()
+        values, order = entropy.sort(dim=-1, stable=True)
+        keep = torch.zeros_like(canvas, dtype=torch.bool).scatter(1, order, values.cumsum(-1) - values <= 0.1)
+        canvas = torch.where(keep, argmax, torch.randint(0, vocab, shape, generator=gen))
+        sc = processed
+    out = []
+    for row in argmax.tolist():
+        row = row[: row.index(build.EOS)] if build.EOS in row else row
+        out.append(runner.tok.decode(row).strip())
+    return out
+
+
+def evaluate(runner: Runner, per_kind: int, seed: int = EVAL_SEED) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    res = {}
+    for kind in KINDS:
+        scenes = [sw.generate_scene(rng) for _ in range(per_kind)]
+        prompts = [next(p for k, p in questions(s, rng, 1) if k == kind) for s in scenes]
+        got = greedy_answers(runner, [s.image for s in scenes], prompts)
+        res[kind] = float(np.mean([g == sw.answer(s, p) for g, s, p in zip(got, scenes, prompts)]))
+    return res
+
+
+# ----------------------------------------------------------------------------- loop
+
+def _lr_at(step: int, hp: HParams) -> float:
+    if step < hp.warmup:
+        return hp.lr * (step + 1) / hp.warmup
+    progress = (step - hp.warmup) / max(1, hp.steps - hp.warmup)
+    return hp.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def new_model(seed: int):
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    torch.manual_seed(seed)
+    return DiffusionGemmaForBlockDiffusion(build.make_config())
+
+
+def save_checkpoint_folder(model, folder: Path) -> None:
+    """A standard transformers checkpoint folder (config, safetensors, tokenizer, image processor, chat template,
+    the sampler's settings) plus ``SHA256SUMS`` over its files."""
+    import hashlib
+
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+        DiffusionGemmaGenerationConfig, EntropyBoundSamplerConfig)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    # the transformers defaults, written out so that the checkpoint states how it is meant to be sampled
+    model.generation_config = DiffusionGemmaGenerationConfig(
+        max_new_tokens=build.CANVAS_LENGTH, max_denoising_steps=48, t_min=0.4, t_max=0.8, stability_threshold=1,
+        confidence_threshold=0.005, sampler_config=EntropyBoundSamplerConfig(entropy_bound=0.1),
+        bos_token_id=build.BOS, eos_token_id=build.EOS, pad_token_id=build.PAD)
+    model.save_pretrained(folder, safe_serialization=True)
+    build.make_tokenizer().save_pretrained(folder)
+    build.make_processor().save_pretrained(folder)
+    lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}"
+             for f in sorted(folder.iterdir()) if f.is_file() and f.name not in ("SHA256SUMS", "training.json")]
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(hp.threads)
+    model = new_model(hp.seed).train()
+    heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size)
+    params = list(model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.98))
+    start, elapsed = 0, 0.0
+    ck = out / f"{_CKPT}.pt"
+    log = out / "log.jsonl"
+    if ck.exists():
+        state = torch.load(ck, weights_only=True)
+        model.load_state_dict(state["model"])
+        heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["opt"])
+        start, elapsed = int(state["step"]), float(state["elapsed"])
+        saved = {k: v for k, v in (state.get("hparams") or {}).items() if k not in _FREE}
+        wanted = {k: v for k, v in asdict(hp).items() if k not in _FREE}
+        if saved != wanted:
+            raise ValueError(f"{ck} was written with other settings: {saved}; rerun with those to resume")
+    runner = Runner(model, build.make_tokenizer(), build.make_processor())
+    t0 = time.time() - elapsed
+    for step in range(start, hp.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, hp)
+        loss, stats = step_loss(runner, heads, hp, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        done = step + 1
+        row = {"step": done, "loss": round(float(loss.detach()), 4), "time": round(time.time() - t0, 1),
+               **{k: round(v, 4) for k, v in stats.items()}}
+        if done % hp.eval_every == 0 or done == hp.steps:
+            model.eval()
+            row["eval"] = evaluate(runner, hp.eval_per_kind)
+            model.train()
+        with open(log, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if progress and (done % 10 == 0 or "eval" in row):
+            print(json.dumps(row), flush=True)
+        if done % hp.ckpt_every == 0 or done == hp.steps:
+            tmp = ck.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
+                        "step": done, "elapsed": time.time() - t0, "hparams": asdict(hp)}, tmp)
+            tmp.replace(ck)  # a kill mid-write leaves the previous checkpoint intact
+    model.eval()
+    save_checkpoint_folder(model, out / _FINAL)
+    summary = {"steps": hp.steps, "wall_s": round(time.time() - t0, 1), "hparams": asdict(hp)}
+    (out / _FINAL / "training.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description="train diffusion-gemma-shapes (resumable: rerun to continue)")
+    p.add_argument("--out", required=True)
+    defaults = HParams()
+    for name, value in asdict(defaults).items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--no-progress", action="store_true")
+    a = vars(p.parse_args(argv))
+    out, quiet = a.pop("out"), a.pop("no_progress")
+    return train(out, HParams(**a), progress=not quiet)
+
+
+if __name__ == "__main__":
+    main()

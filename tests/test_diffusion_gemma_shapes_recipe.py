@@ -1,0 +1,114 @@
+"""The diffusion-gemma-shapes recipe without its trained weights: stock parts, checkpoint folder, sampler, resume."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+if not hasattr(transformers, "DiffusionGemmaForBlockDiffusion"):
+    pytest.skip("transformers without DiffusionGemma (needs >=5.13)", allow_module_level=True)
+
+from diffusion_cam.adapters.diffusion_gemma import DiffusionGemmaAdapter, load_diffusion_gemma
+from diffusion_cam.datasets import shapes
+from diffusion_cam.models.diffusion_gemma_shapes import build
+from diffusion_cam.models.diffusion_gemma_shapes import train as recipe
+
+# raised inside torch by transformers' Gemma-4 code on import, not by this package
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A freshly initialised model saved the way the trained one is shipped."""
+    path = tmp_path_factory.mktemp("dg") / "weights"
+    recipe.save_checkpoint_folder(recipe.new_model(0).eval(), path)
+    return path
+
+
+def test_tokenizer_reads_the_template_and_decodes_words_with_their_space():
+    tok = build.make_tokenizer()
+    text = tok.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                    "text": "what color is the cross"}]}], tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert build.UNK not in ids
+    assert tok.convert_ids_to_tokens(ids)[:4] == ["<bos>", "<|turn>", "\u2581user", "<|image|>"]
+    assert [tok.decode([i]) for i in tok("a blue cross", add_special_tokens=False)["input_ids"]] == [
+        " a", " blue", " cross"]
+    assert recipe.canvas_ids(tok, "a red circle and a blue square and a green cross")[-1] == build.EOS
+    with pytest.raises(ValueError, match="does not fit"):
+        recipe.canvas_ids(tok, " ".join(["a red circle and"] * 3))
+
+
+def test_the_folder_is_a_plain_checkpoint_and_the_adapter_sees_a_16x16_grid(folder):
+    names = {f.name for f in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "SHA256SUMS",
+            "preprocessor_config.json"} <= names
+    listed = {line.split()[1] for line in (folder / "SHA256SUMS").read_text().splitlines()}
+    assert listed == names - {"SHA256SUMS"}
+    adapter = load_diffusion_gemma(str(folder))
+    assert type(adapter) is DiffusionGemmaAdapter
+    assert type(adapter.model) is transformers.DiffusionGemmaForBlockDiffusion
+    inputs = adapter.prepare([shapes.generate_scene(3).image], "describe the image", 12)
+    (grid,) = adapter.image_grids(inputs, inputs.input_ids)
+    assert grid.shape == (16, 16) and inputs.gen_length == adapter.canvas_length == 12
+    # the training loop lays out the same prompt the adapter builds
+    assert inputs.input_ids[: inputs.answer_start].tolist() == recipe.prompt_ids(
+        adapter.tokenizer, "describe the image", 256)
+
+
+def test_recorded_sampler_gives_the_tokens_of_the_models_own_generate(folder):
+    """Both greedy. The model's ``generate`` samples from softmax(logits / T) on its linear temperature schedule
+    and re-noises from the global RNG; the adapter proposes the argmax and draws from its own seeded generator.
+    With T near zero the model's sample is its argmax and every token is accepted at once, so from the same
+    starting canvas the two runs are one computation and their tokens must be equal."""
+    adapter = load_diffusion_gemma(str(folder), t_min=1e-3, t_max=2e-3)
+    config = copy.deepcopy(adapter.model.generation_config)
+    config.t_min, config.t_max = 1e-3, 2e-3
+    for seed in range(3):
+        scene = shapes.generate_scene(seed)
+        for prompt in shapes.prompts_for(scene)[:2]:
+            inputs = adapter.prepare([scene.image], prompt, adapter.canvas_length)
+            ours = adapter.generate(inputs, adapter.default_generation).answer_ids
+            start = torch.randint(0, adapter.vocab_size, (adapter.canvas_length,),
+                                  generator=torch.Generator().manual_seed(adapter.seed))
+            ids = inputs.input_ids[: inputs.answer_start][None]
+            theirs = adapter.model.generate(
+                input_ids=ids, pixel_values=inputs.extras["pixel_values"],
+                image_position_ids=inputs.extras["image_position_ids"],
+                mm_token_type_ids=(ids == adapter.image_token_id).long(), decoder_input_ids=start[None],
+                generation_config=config).sequences[0, inputs.answer_start:].tolist()
+            assert ours == theirs, (seed, prompt)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    hp = recipe.HParams(steps=2, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1)
+    recipe.train(tmp_path / "straight", hp, progress=False)
+    real = recipe.step_loss
+
+    def killed_at_the_second_step(runner, heads, hp_, step):
+        if step == 1:
+            raise KeyboardInterrupt
+        return real(runner, heads, hp_, step)
+
+    monkeypatch.setattr(recipe, "step_loss", killed_at_the_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(tmp_path / "resumed", hp, progress=False)
+    monkeypatch.setattr(recipe, "step_loss", real)
+    with pytest.raises(ValueError, match="other settings"):
+        recipe.train(tmp_path / "resumed", hp.with_options(lr=1e-4), progress=False)
+    recipe.train(tmp_path / "resumed", hp, progress=False)
+    a = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "straight" / "final").state_dict()
+    b = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "resumed" / "final").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auxiliary_targets_follow_the_objects():
+    scene = shapes.generate_scene(11, n_objects=3)
+    target = recipe.aux_targets([scene]).reshape(-1, 3).tolist()
+    for rank, obj in enumerate(scene.objects, start=1):
+        assert [shapes.COLOURS.index(obj.colour) + 1, shapes.SHAPES.index(obj.shape) + 1, rank] in target
+    flat = np.array(target)
+    assert (flat[:, 0] == 0).mean() > 0.5  # most tokens show background
+    assert np.isin(flat[:, 2], [-100, 0, 1, 2, 3]).all()
