@@ -34,7 +34,9 @@ from .records import ShardWriter, clean, read_records, shard_path
 
 CONFIG_FILE = "bench.json"
 FORMAT = 1
-MAIN_METHODS = ("diffusion-cam", "gradcam", "llava-cam", "tam", "center")
+MAIN_METHODS = ("diffusion-cam", "diffusion-cam-raw", "layercam", "gradcam", "llava-cam", "tam", "center")
+#: registered names whose raw maps are another method's (they differ only in refinement)
+RAW_OF = {"diffusion-cam-raw": "diffusion-cam"}
 #: ablation rows (paper §4.2): no module, each module alone, all four
 ABLATION_ROWS = (("Baseline (no module)", ()), ("+ AKD", ("akd",)), ("+ DACG", ("dacg",)),
                  ("+ CBA", ("cba",)), ("+ SICD", ("sicd",)), ("Full", MODULES))
@@ -171,7 +173,8 @@ class BenchRunner:
         groups: dict[str, list[MethodSpec]] = {}
         for s in config.specs:
             opts = {k: v for k, v in s.kwargs.items() if k not in REFINE_KEYS}
-            groups.setdefault(json.dumps([s.name, _jsonable(opts)], sort_keys=True, default=str), []).append(s)
+            key = [RAW_OF.get(s.name, s.name), _jsonable(opts)]
+            groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(s)
         self.groups = list(groups.values())
         self.order = {s.label: i for i, s in enumerate(config.specs)}
 

@@ -19,14 +19,21 @@ Formula = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _FORMULAS: dict[str, tuple[Formula, bool]] = {}
 
 
-def register_formula(name: str, centred: bool = False) -> Callable[[Formula], Formula]:
+_UNLISTED: set[str] = set()
+
+
+def register_formula(name: str, centred: bool = False, listed: bool = True) -> Callable[[Formula], Formula]:
     """Register ``fn(acts, grads) -> maps`` as map formula ``name``.
 
     ``centred``: the formula sees activations minus their mean over the grid, per channel.
+    ``listed=False``: usable by name in :func:`cam_from_grid` but not one of
+    Diffusion-CAM's formula choices (``CAM_FORMULAS``): a baseline's own formula.
     """
 
     def add(fn: Formula) -> Formula:
         _FORMULAS[name] = (fn, centred)
+        if not listed:
+            _UNLISTED.add(name)
         return fn
 
     return add
@@ -81,8 +88,15 @@ def _gradcam_plus_plus(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     return torch.einsum("kd,hwd->khw", weights, acts).clamp(min=0)
 
 
-CAM_FORMULAS = tuple(_FORMULAS)
-CENTRED_FORMULAS = tuple(name for name, (_, centred) in _FORMULAS.items() if centred)
+@register_formula("layercam-published", listed=False)
+def _layercam_published(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    # LayerCAM as published (Jiang et al. 2021, eq. 4-5): ReLU(sum_c ReLU(g_c) A_c) per
+    # position, on the activations as they are (a CNN's are non-negative after its ReLU).
+    return torch.einsum("khwd,hwd->khw", grads.clamp(min=0), acts).clamp(min=0)
+
+
+CAM_FORMULAS = tuple(name for name in _FORMULAS if name not in _UNLISTED)
+CENTRED_FORMULAS = tuple(name for name, (_, centred) in _FORMULAS.items() if centred and name in CAM_FORMULAS)
 
 
 def cam_from_grid(acts: torch.Tensor, grads: torch.Tensor, formula: str = "poscam") -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +112,7 @@ def cam_from_grid(acts: torch.Tensor, grads: torch.Tensor, formula: str = "posca
     finite = torch.isfinite(grads).flatten(1).all(1)
     grads = torch.nan_to_num(grads, nan=0.0, posinf=0.0, neginf=0.0)
     if formula not in _FORMULAS:
-        raise ValueError(f"unknown CAM formula {formula!r}; choose one of {', '.join(_FORMULAS)}")
+        raise ValueError(f"unknown CAM formula {formula!r}; choose one of {', '.join(CAM_FORMULAS)}")
     fn, centred = _FORMULAS[formula]
     if centred:
         acts = acts - acts.mean(dim=(0, 1), keepdim=True)
