@@ -315,8 +315,11 @@ class BenchRunner:
 
 
 def run_bench(adapter, dataset: Dataset, config: BenchConfig, rank: int | None = None,
-              world: int | None = None) -> dict[str, Any] | None:
-    """Run (or resume) a bench; rank 0 returns the tables once every rank is done."""
+              world: int | None = None, report: bool = True) -> dict[str, Any] | None:
+    """Run (or resume) a bench; rank 0 returns the tables once every rank is done.
+
+    ``report=False``: tables only, no chart or HTML report (a grid of many configurations).
+    """
     env_rank, env_world, _ = dist_env()
     rank = env_rank if rank is None else rank
     world = env_world if world is None else world
@@ -329,4 +332,4 @@ def run_bench(adapter, dataset: Dataset, config: BenchConfig, rank: int | None =
         return None
     from .tables import write_tables
 
-    return write_tables(Path(config.out))
+    return write_tables(Path(config.out), report=report)
