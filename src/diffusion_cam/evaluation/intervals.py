@@ -210,7 +210,8 @@ def _n_line(runs: Sequence[Run], label: str) -> str:
         if run is runs[0] and run.fill:
             what = f"localisation and deletion / insertion, {run.fill} fill"
         parts.append(f"{what}: {len(per_item)} answers, {n_words} words ({run.path.name})")
-    return "; ".join(parts)
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:]
 
 
 def main_table(runs: Sequence[Run], labels: Sequence[str] | None = None, keys: Sequence[str] | None = HEADLINE,
