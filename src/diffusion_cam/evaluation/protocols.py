@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import OutputError, UnknownNameError
+from ..errors import DiffusionCamError, OutputError, UnknownNameError
 from ..extract import CAM_FORMULAS
 from ..refine import MODULES
 from ..refine.akd import BORDERS as AKD_BORDERS
@@ -45,7 +45,7 @@ CRITERION = ("pointing", "f3_of_means")
 GRID_METHODS = ("diffusion-cam", "diffusion-cam-raw", "layercam", "gradcam", "llava-cam", "tam", "center")
 
 
-class SelectionError(UnknownNameError):
+class SelectionError(DiffusionCamError):
     """A selection file that is missing, malformed, for another model, or overlapping the reported scenes."""
 
 
