@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
                        rank=rank, world=world, progress=not args.no_progress)
     if selection is None:
         return 0
-    print(f"| method | chosen configuration | configurations | {' | '.join(selection['criterion'])} |")
+    names = {"pointing": "Pointing (%)", "f3_of_means": "F3 (of means)"}
+    print(f"| method | chosen configuration | configurations | "
+          f"{' | '.join(names.get(k, k) for k in selection['criterion'])} |")
     print("|---|---|---:|" + "---:|" * len(selection["criterion"]))
     for m, c in selection["methods"].items():
         opts = ", ".join(f"{k}={v}" for k, v in c["options"].items()) or "(no knob)"
