@@ -152,3 +152,16 @@ def test_weighted_statistics_count_a_twice_drawn_item_twice():
     w = np.array([[1.0, 1.0], [2.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
     np.testing.assert_allclose(statistic(words, "obj_iou", w), [0.5, 1.0, 0.25, 2.5 / 4])
     np.testing.assert_allclose(statistic(words, "pointing", w), [0.5, 1.0, 0.0, 2 / 3])  # object words only
+
+
+def test_bench_published_runs_every_method_with_its_papers_defaults(tmp_path):
+    out = tmp_path / "published"
+    args = ["bench", "--published", "--model", "tiny-random", "--items", "1", "--seed", "10000000",
+            "--methods", "diffusion-cam", "layercam", "center", "--no-faithfulness", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    config = json.loads((out / "bench.json").read_text())
+    methods = {m["label"]: m["options"] for m in config["methods"]}
+    assert methods == {"diffusion-cam": {"akd_border": "reflect101", "cam": "poscam", "score": "logit"},
+                       "layercam": {"score": "logit"}, "center": {}}
+    with pytest.raises(SystemExit):  # one protocol at a time
+        main(args + ["--select", str(tmp_path / "x.json")])
