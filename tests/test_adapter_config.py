@@ -30,6 +30,7 @@ def test_builtin_families_are_described_and_listed(capsys):
     for name in FAMILIES:
         assert entries[name].verified.startswith("no"), "no big model was run on its released weights"
         assert set(entries[name].states) == {"trajectory", "final"}
+    assert entries["tiny-random"].verified.startswith("n/a"), "random weights are no real weights"
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     for name in FAMILIES:

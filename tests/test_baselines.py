@@ -10,7 +10,7 @@ from diffusion_cam.extract import ActivationRecorder
 from diffusion_cam.refine import rank_gaussian_filter
 
 PROMPT = "describe the image"
-BASELINES = ("gradcam", "llava-cam", "tam", "center")
+BASELINES = ("gradcam", "layercam", "llava-cam", "tam", "center", "diffusion-cam-raw")
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,36 @@ def test_explain_cli_selects_a_baseline(tmp_path, monkeypatch):
                "--out", str(tmp_path / "out"), "--no-pictures"])
     assert rc == 0
     assert dc.Explanation.load(tmp_path / "out").method == "tam"
+
+
+def test_layercam_is_the_published_formula_on_uncentred_activations(tiny_mod, img):
+    """ReLU(sum_c ReLU(g) A) per position, min-max, no module; not the centred ``layercam`` formula."""
+    method = dc.get_method("layercam", tiny_mod, layer=1, modules=["akd"], cam="poscam")
+    assert method.modules == () and method.cam == "layercam-published"
+    exp = method.explain(img, PROMPT, targets=[0])
+    np.testing.assert_array_equal(exp.maps, exp.raw_maps)
+    run = method.generate(img, PROMPT)
+    from diffusion_cam.extract import Target, grid_gradients, target_scores
+
+    seq, members = [(s, m) for s, m in method.forwards(run, [0])][0]
+    targets = method.targets(run, members)
+    gg = grid_gradients(tiny_mod, run.inputs, seq, [1], lambda lg: target_scores(lg, targets, method.score), 16,
+                        n_targets=1)
+    acts = gg.acts[0][0].double().numpy()
+    grads = gg.grads[0][0].double().numpy()
+    heat = np.maximum(np.einsum("khwd,hwd->khw", np.maximum(grads, 0), acts), 0)[0]
+    expected = (heat - heat.min()) / (heat.max() - heat.min())
+    np.testing.assert_allclose(exp.raw_grid_maps[0], expected, atol=1e-5)
+    centred = dc.DiffusionCAM(tiny_mod, layer=1, cam="layercam", modules=()).explain(img, PROMPT, targets=[0])
+    assert not np.allclose(centred.raw_grid_maps, exp.raw_grid_maps, atol=1e-3)
+
+
+def test_diffusion_cam_raw_is_diffusion_cam_without_modules(tiny_mod, img):
+    raw = dc.get_method("diffusion-cam-raw", tiny_mod, layer=1, modules=["akd"], akd_border="zero")
+    assert raw.modules == () and raw.name == "diffusion-cam-raw"
+    ours = raw.explain(img, PROMPT)
+    ref = dc.DiffusionCAM(tiny_mod, layer=1, modules=()).explain(img, PROMPT)
+    np.testing.assert_array_equal(ours.maps, ref.maps)
+    full = dc.DiffusionCAM(tiny_mod, layer=1).explain(img, PROMPT)
+    np.testing.assert_array_equal(ours.raw_maps, full.raw_maps)
+    assert not np.array_equal(ours.maps, full.maps)

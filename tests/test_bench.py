@@ -223,3 +223,24 @@ def test_processes_probing_one_output_directory_at_once_do_not_trip_each_other(t
         results = list(pool.map(lambda _: prepare_output(str(out)), range(400)))
     assert results == [out] * 400
     assert list(out.iterdir()) == []  # no probe left behind
+
+
+def test_layercam_and_raw_diffusion_cam_are_main_table_methods(tmp_path):
+    from diffusion_cam.evaluation import MAIN_METHODS
+
+    assert {"layercam", "diffusion-cam-raw"} <= set(MAIN_METHODS)
+    out = tmp_path / "run"
+    args = ["bench", "--model", "tiny-random", "--items", "3", "--no-faithfulness", "--no-progress",
+            "--methods", "diffusion-cam", "diffusion-cam-raw", "layercam", "--out", str(out)]
+    assert main(args) == 0
+    rows = {r["method"]: r for r in json.loads((out / "table.json").read_text())["main"]}
+    assert set(rows) == {"diffusion-cam", "diffusion-cam-raw", "layercam"}
+    assert all(r["n_ok"] + r["n_skipped"] == 3 for r in rows.values())
+    # the raw row is the no-module ablation row of the same run, computed from the same raw maps
+    ablation = out / "ablation"
+    assert main(args[:-1] + [str(ablation), "--ablation"]) == 0
+    table = json.loads((ablation / "table.json").read_text())
+    none_row = next(r for r in table["ablation"] if r["config"] == "Baseline (no module)")
+    raw_row = next(r for r in table["main"] if r["method"] == "diffusion-cam-raw")
+    for key in ("obj_iou", "f3_of_means", "pointing", "words"):
+        assert none_row[key] == raw_row[key]

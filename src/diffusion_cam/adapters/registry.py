@@ -80,5 +80,6 @@ def _tiny_random(trust_remote_code: bool = False, allow_pickle: bool = False, **
 
 register_model(ModelEntry(
     name="tiny-random", loader=_tiny_random, family="tiny-llada-v",
+    verified="n/a (random weights)",
     description="randomly initialised 4-block LLaDA-V-style model for tests (meaningless answers)",
 ))

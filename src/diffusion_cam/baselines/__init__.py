@@ -2,6 +2,8 @@
 
 * ``gradcam`` — standard Grad-CAM (spec §1.3 ``gradcam`` formula), no refinement;
 * ``llava-cam`` — LLaVA-CAM: one class-agnostic map from the sum of the answer's logits;
+* ``layercam`` — LayerCAM as published (per-position positive gradients times
+  activations, summed over channels), no refinement;
 * ``tam`` — Token Activation Map: last-layer logit lens, estimated causal inference,
   rank-Gaussian filter;
 * ``center`` — a fixed centred Gaussian: the prior any useful method must beat.
@@ -20,6 +22,7 @@ from ..methods import register_method
 from ..methods.base import ExplanationMethod
 from .center import CenterPrior
 from .gradcam import GradCAM
+from .layercam import LayerCAM
 from .llava_cam import LLaVACAM
 from .tam import TAM
 
@@ -39,6 +42,7 @@ def _factory(cls: type[ExplanationMethod], accepted: tuple[str, ...]) -> Callabl
 
 BASELINES: dict[str, Callable[..., ExplanationMethod]] = {
     "gradcam": _factory(GradCAM, ("layer", "state", "score", "chunk_size", "distractor")),
+    "layercam": _factory(LayerCAM, ("layer", "state", "score", "chunk_size", "distractor")),
     "llava-cam": _factory(LLaVACAM, ("layer", "chunk_size", "threshold")),
     "tam": _factory(TAM, ("state", "kernel")),
     "center": _factory(CenterPrior, ("sigma_fraction",)),
@@ -47,4 +51,4 @@ BASELINES: dict[str, Callable[..., ExplanationMethod]] = {
 for _name, _make in BASELINES.items():
     register_method(_name, _make)
 
-__all__ = ["BASELINES", "CenterPrior", "GradCAM", "LLaVACAM", "TAM"]
+__all__ = ["BASELINES", "CenterPrior", "GradCAM", "LayerCAM", "LLaVACAM", "TAM"]

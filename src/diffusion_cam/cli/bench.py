@@ -33,10 +33,18 @@ def add_parser(sub) -> None:
     g.add_argument("--images", default=None, help="coco/grandf: image folder (coco default: under --data)")
     g.add_argument("--prompt", default=None, help="coco/grandf: prompt (default: the paper's)")
     g = p.add_argument_group("methods")
-    g.add_argument("--methods", nargs="+", default=list(MAIN_METHODS), metavar="METHOD",
-                   help=f"methods of the main table (default: {' '.join(MAIN_METHODS)})")
+    g.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help=f"methods of the main table (default: {' '.join(MAIN_METHODS)}; with --select, the file's)")
     g.add_argument("--ablation", action="store_true",
-                   help="also run Diffusion-CAM with no module, each module alone and all four (ablation table)")
+                   help="also run Diffusion-CAM with no module, each module alone and all four (ablation table; "
+                        "with --select on the best selected raw configuration)")
+    protocol = g.add_mutually_exclusive_group()
+    protocol.add_argument("--published", action="store_true",
+                          help="every method with its own paper's defaults (Diffusion-CAM: the method spec's poscam, "
+                               "logit, reflect-101 AKD border); the model's block for every gradient method")
+    protocol.add_argument("--select", default=None, metavar="SELECTION.json",
+                          help="every method with the configuration `diffusion-cam select` chose for it on other "
+                               "scenes (refused if the reported scenes overlap them)")
     g.add_argument("--layer", type=int, nargs="+", default=None, help="hooked block(s) of gradient methods")
     g.add_argument("--state", choices=STATES, default=None, help="forward explained (default: each method's)")
     g.add_argument("--score", choices=SCORES, default=None, help="score of gradient methods (default: the model's)")
@@ -92,10 +100,23 @@ def _print_tables(tables) -> None:
         print(f"incomplete: {tables['records']} of {tables['expected_records']} records")
 
 
+def _specs(args, adapter, dataset):
+    from ..evaluation import MAIN_METHODS, method_specs
+    from ..evaluation.protocols import check_selection, load_selection, published_specs, selected_specs
+
+    if args.published:
+        return published_specs(adapter, args.methods, args.ablation)
+    if args.select:
+        selection = load_selection(args.select)
+        check_selection(selection, adapter, dataset)
+        return selected_specs(selection, args.methods, args.ablation)
+    return method_specs(args.methods or MAIN_METHODS, args.ablation)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..evaluation import BenchConfig, dist_env, method_specs, run_bench, write_tables
+    from ..evaluation import BenchConfig, dist_env, run_bench, write_tables
     from .explain import prepare_output
     from .options import generation_config, load_adapter
 
@@ -112,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = _dataset(args)
     generation = generation_config(args, adapter)
     layer = None if args.layer is None else (args.layer[0] if len(args.layer) == 1 else args.layer)
-    specs, rows = method_specs(args.methods, args.ablation)
+    specs, rows = _specs(args, adapter, dataset)
     config = BenchConfig(
         out=out, specs=specs, ablation_rows=rows,
         method_options=dict(layer=layer, state=args.state, score=args.score, cam=args.cam, sicd_mode=args.sicd_mode,

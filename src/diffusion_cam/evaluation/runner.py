@@ -34,7 +34,9 @@ from .records import ShardWriter, clean, read_records, shard_path
 
 CONFIG_FILE = "bench.json"
 FORMAT = 1
-MAIN_METHODS = ("diffusion-cam", "gradcam", "llava-cam", "tam", "center")
+MAIN_METHODS = ("diffusion-cam", "diffusion-cam-raw", "layercam", "gradcam", "llava-cam", "tam", "center")
+#: registered names whose raw maps are another method's (they differ only in refinement)
+RAW_OF = {"diffusion-cam-raw": "diffusion-cam"}
 #: ablation rows (paper §4.2): no module, each module alone, all four
 ABLATION_ROWS = (("Baseline (no module)", ()), ("+ AKD", ("akd",)), ("+ DACG", ("dacg",)),
                  ("+ CBA", ("cba",)), ("+ SICD", ("sicd",)), ("Full", MODULES))
@@ -171,7 +173,8 @@ class BenchRunner:
         groups: dict[str, list[MethodSpec]] = {}
         for s in config.specs:
             opts = {k: v for k, v in s.kwargs.items() if k not in REFINE_KEYS}
-            groups.setdefault(json.dumps([s.name, _jsonable(opts)], sort_keys=True, default=str), []).append(s)
+            key = [RAW_OF.get(s.name, s.name), _jsonable(opts)]
+            groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(s)
         self.groups = list(groups.values())
         self.order = {s.label: i for i, s in enumerate(config.specs)}
 
@@ -312,8 +315,11 @@ class BenchRunner:
 
 
 def run_bench(adapter, dataset: Dataset, config: BenchConfig, rank: int | None = None,
-              world: int | None = None) -> dict[str, Any] | None:
-    """Run (or resume) a bench; rank 0 returns the tables once every rank is done."""
+              world: int | None = None, report: bool = True) -> dict[str, Any] | None:
+    """Run (or resume) a bench; rank 0 returns the tables once every rank is done.
+
+    ``report=False``: tables only, no chart or HTML report (a grid of many configurations).
+    """
     env_rank, env_world, _ = dist_env()
     rank = env_rank if rank is None else rank
     world = env_world if world is None else world
@@ -326,4 +332,4 @@ def run_bench(adapter, dataset: Dataset, config: BenchConfig, rank: int | None =
         return None
     from .tables import write_tables
 
-    return write_tables(Path(config.out))
+    return write_tables(Path(config.out), report=report)

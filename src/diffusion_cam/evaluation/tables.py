@@ -233,7 +233,7 @@ def _slug(text: str) -> str:
 
 
 def write_tables(out: Path, report: bool = True) -> dict[str, Any]:
-    """Write ``table.md``, ``table.csv``, ``table.json`` (+ ``ablation.*``, ``main.png``, ``report.html``)."""
+    """Write ``table.md``, ``table.csv``, ``table.json`` (+ ``ablation.*``; with ``report``, ``main.png`` and ``report.html``)."""
     out = Path(out)
     tables = build_tables(out)
     files = {"table.md": _text(tables), "table.csv": to_csv(tables["main"]),
@@ -246,7 +246,7 @@ def write_tables(out: Path, report: bool = True) -> dict[str, Any]:
     except OSError as err:
         raise OutputError(f"cannot write tables to {out}: {err.strerror or err}") from None
     written = list(files)
-    if bar_chart(tables["main"], out / "main.png", f"{tables['config']['dataset']['name']}: main table"):
+    if report and bar_chart(tables["main"], out / "main.png", f"{tables['config']['dataset']['name']}: main table"):
         written.append("main.png")
     if report:
         try:

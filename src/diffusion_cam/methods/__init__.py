@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from ..errors import UnknownNameError
 from .base import ExplanationMethod, RawMaps, Run
-from .gradient import DiffusionCAM, GradientCAM
+from .gradient import DiffusionCAM, DiffusionCAMRaw, GradientCAM
 
 _METHODS: dict[str, Callable[..., ExplanationMethod]] = {}
 
@@ -30,6 +30,7 @@ def get_method(name: str, adapter, **options: Any) -> ExplanationMethod:
 
 
 register_method("diffusion-cam", DiffusionCAM)
+register_method("diffusion-cam-raw", DiffusionCAMRaw)
 
-__all__ = ["DiffusionCAM", "ExplanationMethod", "GradientCAM", "RawMaps", "Run", "available_methods",
+__all__ = ["DiffusionCAM", "DiffusionCAMRaw", "ExplanationMethod", "GradientCAM", "RawMaps", "Run", "available_methods",
            "get_method", "register_method"]

@@ -24,6 +24,8 @@ class GradientCAM(ExplanationMethod):
     """
 
     name = "gradient-cam"
+    #: map formulas this method accepts (a baseline narrows them to its own)
+    formulas: tuple[str, ...] = CAM_FORMULAS
 
     def __init__(self, adapter, *, layer: int | Sequence[int] | None = None, state: str = "trajectory",
                  score: str | None = None, cam: str | None = None, chunk_size: int | str = 16,
@@ -33,8 +35,8 @@ class GradientCAM(ExplanationMethod):
         if score not in SCORES:
             raise UnknownNameError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
         cam = cam or adapter.default_cam
-        if cam not in CAM_FORMULAS:
-            raise UnknownNameError(f"unknown CAM formula {cam!r}; choose one of {', '.join(CAM_FORMULAS)}")
+        if cam not in self.formulas:
+            raise UnknownNameError(f"unknown CAM formula {cam!r}; choose one of {', '.join(self.formulas)}")
         adapter.check_state(state)
         self.layers = adapter.resolve_layers(layer)
         self.state, self.score, self.cam = state, score, cam
@@ -128,3 +130,20 @@ class DiffusionCAM(GradientCAM):
 
     name = "diffusion-cam"
     default_modules = ("akd", "dacg", "cba", "sicd")
+
+
+class DiffusionCAMRaw(DiffusionCAM):
+    """Diffusion-CAM's raw maps without any refinement module (the ablation's baseline row, by name).
+
+    Refinement options (``modules``, ``akd_*``, ``sicd_mode``, ``module_params``)
+    do not apply and are ignored, as for the baselines, so one command line
+    can drive every method.
+    """
+
+    name = "diffusion-cam-raw"
+    default_modules = ()
+
+    def __init__(self, adapter, **kwargs: Any) -> None:
+        for key in ("modules", "akd_kernel", "akd_border", "sicd_mode", "module_params"):
+            kwargs.pop(key, None)
+        super().__init__(adapter, modules=(), **kwargs)
