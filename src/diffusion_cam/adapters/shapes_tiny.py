@@ -62,6 +62,13 @@ class ShapesTinyAdapter(Adapter):
         return DEFAULT_LAYER if DEFAULT_LAYER < len(self.blocks()) else len(self.blocks()) // 2
 
     @property
+    def blocks_without_image_gradient(self) -> dict[int, str]:
+        # the head reads each position's own last hidden state, so the last block's output at an
+        # image position only feeds that position's logits, never an answer token's
+        last = len(self.blocks()) - 1
+        return {last: "it is the last block, whose output at a position feeds only that position's own logits"}
+
+    @property
     def default_generation(self) -> GenerationConfig:
         return GenerationConfig(gen_length=self._model.config.gen_length)
 

@@ -58,6 +58,9 @@ def prepare_output(path: str) -> Path:
     """Create the output directory now, so an unwritable path fails before the model runs."""
     from ..errors import OutputError
 
+    if not str(path).strip():
+        # Path("") is the current directory: an empty --out would scatter the files there
+        raise OutputError("--out is empty: name the output directory, e.g. --out out/scene")
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
             # one unreadable image does not cost the others their run
             failed += 1
             message = " ".join(str(err).split())
-            print(f"error: {image}: {message}", file=sys.stderr)
+            # image errors already start with the path; others get it so each line says which image
+            print(f"error: {message if message.startswith(image) else f'{image}: {message}'}", file=sys.stderr)
             entries.append({"image": image, "folder": folder.name, "error": message})
         else:
             entries.append({"image": image, "folder": folder.name, "answer": exp.answer, "thumbnail": exp.image,

@@ -26,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from ..explanation import RESULT_FILE, Explanation
 
     src = Path(args.result_dir)
-    out = Path(args.out) if args.out else src
+    if args.out is not None and not args.out.strip():
+        raise OutputError("--out is empty: name the output directory, or leave --out out to write into RESULT_DIR")
+    out = Path(args.out) if args.out is not None else src
     if not src.is_dir():
         raise OutputError(f"{src} is not a directory of saved results")
     if (src / RESULT_FILE).is_file():
