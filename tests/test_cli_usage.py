@@ -73,3 +73,32 @@ def test_a_failed_image_names_its_path_once(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == f"error: {missing}: no such file"
     assert err[-1] == "1 of 2 images failed"
+
+
+def test_report_redraws_every_folder_of_a_run_over_several_images(tmp_path, capsys):
+    from PIL import Image
+
+    from diffusion_cam.testing import random_image
+
+    images = []
+    for k in (1, 2):
+        images.append(tmp_path / f"img{k}.png")
+        Image.fromarray(random_image(k)).save(images[-1])
+    out = tmp_path / "all"
+    argv = ["explain", *map(str, images), str(tmp_path / "gone.png"), "--prompt", "describe the image",
+            "--model", "tiny-random", "--out", str(out)]
+    assert main(argv) == 2  # one image is missing; the others are explained
+    for stale in [out / "index.html", *out.glob("img*/report.html"), *out.glob("img*/grid.png")]:
+        stale.unlink()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    for name in ("img1", "img2"):
+        assert (out / name / "report.html").is_file() and (out / name / "grid.png").is_file()
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert 'href="img1/report.html"' in index and 'href="img2/report.html"' in index
+    assert "gone.png: no such file" in index and "3 images" in index and "1 failed" in index
+    # elsewhere, and without index.json: the folders found
+    (out / "index.json").unlink()
+    assert main(["report", str(out), "--out", str(tmp_path / "copy")]) == 0
+    copy = (tmp_path / "copy" / "index.html").read_text(encoding="utf-8")
+    assert "2 images" in copy and (tmp_path / "copy" / "img2" / "report.html").is_file()
