@@ -309,6 +309,12 @@ class Adapter(ABC):
             output = output.last_hidden_state
         return output
 
+    def out_of_world(self, inputs: ModelInputs, generation: Any = None) -> str | None:
+        """Why ``inputs`` (and the answer ``generation`` gave, when there is one) are unlike what the model
+        was trained on, so that its answer is likely meaningless; None when they look ordinary or when the
+        adapter cannot tell (the default: a general model has no narrow world to leave)."""
+        return None
+
     # ------------------------------------------------------------- generation
     def generate(self, inputs: ModelInputs, config: GenerationConfig):
         """Generate an answer and record its denoising trajectory.

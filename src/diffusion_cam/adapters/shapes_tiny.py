@@ -110,6 +110,23 @@ class ShapesTinyAdapter(Adapter):
         h, w = inputs.image_size
         return [ImageGrid(tuple(positions), self._model.grid_size, (0.0, 0.0, float(w), float(h)))]
 
+    def out_of_world(self, inputs: ModelInputs, generation: Any = None) -> str | None:
+        from .shapes_world import MIN_CONFIDENCE, image_reason
+
+        reason = image_reason(inputs.images[0])
+        if reason is not None or generation is None or not generation.steps:
+            return reason
+        # an image that passes the checks above may still puzzle the model; in-world answers are near-certain
+        stops = self.stop_token_ids
+        committed = [(q, tid) for step in generation.steps for tid, q in zip(step.committed_ids, step.probabilities)
+                     if tid not in stops]
+        if committed:
+            q, tid = min(committed)
+            if q < MIN_CONFIDENCE:
+                return (f"the model is unsure of its answer (probability {q:.2f} for {self.decode([tid])[0]!r}, "
+                        f"against at least {MIN_CONFIDENCE} on Shapes scenes)")
+        return None
+
     # ------------------------------------------------------------------ text
     def decode(self, ids: Sequence[int]) -> list[str]:
         return [self.tokenizer.vocab[int(i)] if int(i) not in self.tokenizer.special_ids else "" for i in ids]
