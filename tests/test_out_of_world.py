@@ -93,3 +93,18 @@ def test_cli_prints_one_warning_line(tmp_path, capsys):
     assert err == ["warning: the image is 640x480 pixels, unlike the 96x96 Shapes scenes the model knows; "
                    "the answer is likely meaningless"]
     assert json.loads((tmp_path / "o" / "result.json").read_text())["warnings"] == [err[0][len("warning: "):]]
+
+
+def test_known_gap_a_scene_like_image_with_an_unknown_shape_passes(shapes):
+    """Recorded, not hidden: a red star on a grey canvas looks like a scene to every check, and the model
+    calls it a red cross without doubt."""
+    import cv2
+
+    img = np.full((96, 96, 3), 120, np.uint8)
+    angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+    radii = np.where(np.arange(10) % 2 == 0, 16, 7)
+    star = np.stack([48 + radii * np.cos(angles), 48 + radii * np.sin(angles)], axis=1).astype(np.int32)
+    cv2.fillPoly(img, [star], (220, 40, 40))
+    method = dc.DiffusionCAM(shapes)
+    run = method.generate(img, PROMPT)
+    assert shapes.join(run.texts) == "a red cross" and shapes.out_of_world(run.inputs, run.generation) is None
