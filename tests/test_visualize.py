@@ -400,6 +400,8 @@ def test_a_gallery_without_saved_explanations_says_how_to_get_them(tmp_path):
     doc = bench_html(recs)
     assert "--save-explanations N" in doc
     assert "no saved explanation" not in doc and 'class="missing"' not in doc  # no empty boxes
+    recs[1]["token"] = 3  # a row of an explanation that was not kept: not shown as the word "3"
+    assert "item s1 · <b>" not in bench_html(recs)
 
 
 def test_report_opens_on_the_first_content_word_and_labels_its_metrics():

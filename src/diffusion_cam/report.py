@@ -365,6 +365,8 @@ def _card(record: Mapping, primary: str, cache: dict, cmap: str, alpha: float) -
             card.update(word=exp.tokens[row], text=card["text"] or exp.answer, uri=token_data_uri(exp, row, cmap, alpha))
         except DiffusionCamError as err:
             card["problem"] = str(err)
+    if card["uri"] is None and not isinstance(card["word"], str):
+        card["word"] = None  # a row index means nothing without the explanation it indexes
     card["word"] = None if card["word"] is None else word_label(card["word"])
     return card
 
