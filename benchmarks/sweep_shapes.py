@@ -34,11 +34,10 @@ def configs(n_layers: int, default_layer: int, default_cam: str, default_border:
     specs = [MethodSpec(f"diffusion-cam (defaults: {default_cam}, block {default_layer}, trajectory, "
                         f"{default_score}, AKD border {default_border})", "diffusion-cam")]
     for cam in CAM_FORMULAS:
-        for layer in range(n_layers - 1):  # the last block gets no gradient at image positions
+        for layer in range(n_layers - 1):  # the last block gets no gradient at image positions (refused)
             if (cam, layer) != (default_cam, default_layer):
                 specs.append(MethodSpec(f"cam={cam} block={layer}", "diffusion-cam", (("cam", cam), ("layer", layer))))
     specs += [
-        MethodSpec(f"block={n_layers - 1} (last)", "diffusion-cam", (("layer", n_layers - 1),)),
         MethodSpec("state=final", "diffusion-cam", (("state", "final"),)),
         *[MethodSpec(f"score={score}", "diffusion-cam", (("score", score),))
           for score in SCORES if score not in (default_score, "vocab_sum")],  # vocab_sum names no token

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -687,10 +688,16 @@ def test_the_logit_lens_of_the_last_block_gives_the_models_own_logits(family):
         torch.testing.assert_close(lens, logits)
     # a given answer: random weights (the tied model's above all) may well answer nothing
     adapter.spec = dataclasses.replace(adapter.spec, prompt={**adapter.spec.prompt, "answer_end": [EOS], "answer_fill": EOS})
-    exp = dc.get_method("tam", adapter, state="final").explain(img, "what is this", answer="cat sat", gen_length=4)
-    # (with random weights a word's lens logit may be negative at every image position: a flagged zero map)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exp = dc.get_method("tam", adapter, state="final").explain(img, "what is this", answer="cat sat", gen_length=4)
+    # (with random weights a word's lens logit may be negative at every image position: a flagged zero map,
+    # with one warning naming it)
     assert exp.tokens == ["cat", "sat"] and np.isfinite(exp.maps).all()
     assert all(bool(m.any()) != flag for m, flag in zip(exp.maps, exp.degenerate))
+    flagged = [str(w.message) for w in caught if issubclass(w.category, dc.errors.DegenerateMapWarning)]
+    assert len(caught) == len(flagged) == sum(exp.degenerate)  # one warning per flagged map, nothing else
+    assert all(any(f"({t!r})" in m for m in flagged) for t, bad in zip(exp.tokens, exp.degenerate) if bad)
 
 
 def test_tam_without_a_final_norm_says_which_key_is_missing():

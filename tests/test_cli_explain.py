@@ -49,7 +49,7 @@ def test_several_images_get_one_folder_each_and_a_bad_one_costs_only_itself(tmp_
             "--model", "tiny-random", "--no-pictures", "--out", str(out)]
     assert main(args) == 2
     captured = capsys.readouterr()
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "photo", "photo-2"]
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "index.json", "photo", "photo-2"]
     for folder, path in zip(("photo", "photo-2"), paths):
         single = tmp_path / f"single-{folder}"
         assert main(["explain", str(path), *args[4:-1], str(single)]) == 0

@@ -11,6 +11,8 @@ from diffusion_cam.evaluation.words import group_words, match_names, singular_fo
 from diffusion_cam.evaluation.coco_names import category_vocabulary
 
 mask_utils = pytest.importorskip("pycocotools.mask")
+# pycocotools' RLE decoder predates numpy 2's copy keyword; numpy warns about it on every decode
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
 H, W = 40, 60
 # two objects per image: a person box (rows 5-24, cols 5-24) and a dog triangle; image 2 has a traffic light

@@ -1,7 +1,7 @@
 """The HTML report in a real browser: headless Chromium (Debian's package) driven by Selenium.
 
-Skipped only when no Chromium or chromedriver is installed (``.ci/run``
-installs both).  Screenshots are written under pytest's ``tmp_path`` and, when
+Skipped when no Chromium or chromedriver is installed, except under ``CI=true``
+(``.ci/run``, which installs both), where a missing browser fails the run.  Screenshots are written under pytest's ``tmp_path`` and, when
 ``DIFFUSION_CAM_ARTIFACTS`` names a folder, there too.
 """
 
@@ -28,13 +28,32 @@ def _find(*names: str) -> str | None:
     return next((p for p in map(shutil.which, names) if p), None)
 
 
-@pytest.fixture(scope="module")
-def browser():
+def _require_browser() -> tuple[str, str]:
+    """Chromium's and chromedriver's paths; a skip when either is missing, a failure under CI=true."""
     chromium = _find("chromium", "chromium-browser", "google-chrome")
     driver_path = _find("chromedriver")
     if chromium is None or driver_path is None:
         missing = " and ".join(n for n, p in (("chromium", chromium), ("chromedriver", driver_path)) if p is None)
-        pytest.skip(f"no {missing} installed (Debian: apt-get install chromium chromium-driver)")
+        reason = f"no {missing} installed (Debian: apt-get install chromium chromium-driver)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI must run the browser tests, not skip them")
+        pytest.skip(reason)
+    return chromium, driver_path
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no chromium and chromedriver installed"):
+        _require_browser()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _require_browser()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver_path = _require_browser()
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must never fetch a driver or a browser
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -335,7 +335,10 @@ def test_bench_report_html(tmp_path):
     assert "grad&lt;cam&gt;" in doc and "grad<cam>" not in doc and "run &lt;1&gt;" in doc
     assert "no &lt;mask&gt; for item" in doc  # failures listed with their reason
     assert doc.count("<svg") == 3  # one bar chart per measured column (f3, obj_iou, deletion_auc)
-    assert "deletion_auc (lower is better)" in doc
+    assert "Deletion AUC ↓ (lower is better)" in doc
+    # fractions in the bench tables' unit: diffusion-cam's mean F3 0.8 reads 80 (percent), as in table.md
+    assert '<td class="num best">80</td>' in doc and ">0.8<" not in doc
+    assert "<th class=\"num\">F3</th>" in doc and "Obj-IoU (%)" in doc
     assert token_data_uri(e, 2) in doc  # the best item's saved map is in the gallery
     assert "is not a saved explanation" in doc  # the missing one is reported on its card
     # best first: diffusion-cam's s4 (f3 0.9) precedes s3 in the gallery
@@ -362,7 +365,8 @@ def test_bench_report_from_directory_and_given_summary(tmp_path):
 
 # -------------------------------------------------------------------- show
 def test_show_in_a_notebook_uses_an_isolated_frame(exp, monkeypatch):
-    display_module = pytest.importorskip("IPython.display", reason="IPython is not installed")
+    import IPython.display as display_module  # in the test extras: this test must run, not skip
+
     import diffusion_cam.visualize as vis
 
     shown = []
@@ -387,3 +391,27 @@ def test_show_outside_a_notebook_opens_the_report(exp, monkeypatch):
         assert opened == [path.as_uri()] and path.read_text(encoding="utf-8") == exp.to_html()
     finally:
         path.unlink()
+
+
+def test_a_gallery_without_saved_explanations_says_how_to_get_them(tmp_path):
+    recs, _ = _records(tmp_path)
+    for r in recs:
+        r.pop("explanation", None)
+    doc = bench_html(recs)
+    assert "--save-explanations N" in doc
+    assert "no saved explanation" not in doc and 'class="missing"' not in doc  # no empty boxes
+    recs[1]["token"] = 3  # a row of an explanation that was not kept: not shown as the word "3"
+    assert "item s1 · <b>" not in bench_html(recs)
+
+
+def test_report_opens_on_the_first_content_word_and_labels_its_metrics():
+    e = make_explanation(("a", "red", "circle", "and", "blue", "square"))
+    assert explanation_data(e)["first"] == 1  # "red", not "a"
+    mask = np.zeros(e.maps.shape[1:], np.uint8)
+    mask[10:20, 10:20] = 1
+    e.evaluate(mask)
+    doc = e.to_html()
+    assert 'id="dc-caption-word">red<' in doc
+    assert "mean.f3_geometric" not in doc and "F3 (geometric), mean over words" in doc
+    assert "Obj-IoU (%), mean over words" in doc
+    assert explanation_data(make_explanation(("a", "the")))["first"] == 0  # no content word: the first one

@@ -56,3 +56,7 @@ class OutputError(DiffusionCamError):
 
 class DegenerateMapWarning(UserWarning):
     """A map had no positive evidence (all-zero or non-finite gradients) and is reported as zeros."""
+
+
+class OutOfWorldWarning(UserWarning):
+    """The input is unlike anything the model was trained on, so its answer (and its maps) are likely meaningless."""

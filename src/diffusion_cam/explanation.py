@@ -63,6 +63,8 @@ class Explanation:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: deletion / insertion per token when asked for (``explain(..., faithfulness=...)``)
     faithfulness: dict[str, Any] = field(default_factory=dict)
+    #: why the answer is likely meaningless, when the model's adapter can tell (an image out of its world)
+    warnings: list[str] = field(default_factory=list)
 
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -191,6 +193,7 @@ class Explanation:
             "trajectory": self.trajectory,
             "metrics": self.metrics,
             "faithfulness": self.faithfulness,
+            "warnings": self.warnings,
         }
 
     # ------------------------------------------------------------ persistence
@@ -234,5 +237,6 @@ class Explanation:
             answer_tokens=meta.get("answer_tokens", []),
             metrics=meta.get("metrics", {}),
             faithfulness=meta.get("faithfulness", {}),
+            warnings=meta.get("warnings", []),
             **arrays,
         )

@@ -25,6 +25,8 @@ class TrajectoryStep:
     sequence: torch.Tensor  # (L,) the forward's input, masks included
     committed: list[int]  # answer-relative positions committed at this step
     committed_ids: list[int]
+    #: the model's probability of each committed id when it was committed (its confidence in it)
+    probabilities: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -239,12 +241,16 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
                 found = torch.isin(x[a0 : a0 + gen_len], torch.tensor(stops, device=x.device)).nonzero()
                 if len(found):
                     stop = a0 + int(found[0])
+            rows = torch.tensor([p + a0 - open_lo for p in positions], device=logits.device)
+            chosen = x[open_lo + rows]
+            probabilities = torch.softmax(logits[rows], -1).gather(1, chosen[:, None])[:, 0]
             record.append(
                 TrajectoryStep(
                     index=len(record),
                     sequence=before.cpu(),
                     committed=positions,
                     committed_ids=[int(x[a0 + p]) for p in positions],
+                    probabilities=[float(q) for q in probabilities],
                 )
             )
     answer = [int(t) for t in x[a0 : a0 + gen_len].tolist()]

@@ -2,25 +2,26 @@
 
 A report is a single file: pictures are inlined as ``data:`` URIs, styles and
 the small script are inline, and a Content-Security-Policy forbids every
-network request (and every script but the report's own, by hash).  Every
-string that comes from a user or a model is escaped with :func:`html.escape`;
-data handed to the script travels as JSON made safe inside ``<script>``.
+network request (and every script but the report's own, by hash).  Pages are
+jinja2 templates (``templates/``) rendered with autoescaping, so every string
+from a user or a model is escaped; data handed to the script travels as JSON
+made safe inside ``<script>``.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
-import html
 import io
 import json
 import math
-import re
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+import jinja2
 import numpy as np
+from markupsafe import Markup
 from PIL import Image
 
 from .errors import DiffusionCamError, OutputError
@@ -34,17 +35,36 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_SIDE = 512
 #: columns of a benchmark summary that count things rather than measure them (not charted)
 COUNT_COLUMNS = ("n", "items", "count", "failures", "errors", "failed")
-_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+#: how a metric reads in reports: its label and the factor to the unit of the bench tables (table.md)
+METRICS: dict[str, tuple[str, float]] = {
+    "obj_iou": ("Obj-IoU (%)", 100), "precision": ("Precision (%)", 100), "recall": ("Recall (%)", 100),
+    "contrast": ("Contrast (×)", 1), "contrast_median": ("Contrast (median ×)", 1),
+    "contrast_score": ("Contrast score (%)", 100), "concentration": ("Concen. (%)", 100),
+    "f3": ("F3", 100), "f3_geometric": ("F3 (geometric)", 100), "f3_of_means": ("F3 (of means)", 100),
+    "f3_mean": ("F3 (mean)", 100), "f3_mean_of_items": ("F3 (mean)", 100), "func_iou": ("Func-IoU (%)", 100),
+    "func_iou_reference": ("Func-IoU (reference, %)", 100), "pointing": ("Pointing (%)", 100),
+    "pointing_game": ("Pointing (%)", 100), "deletion_auc": ("Deletion AUC ↓", 1),
+    "insertion_auc": ("Insertion AUC ↑", 1), "seconds": ("s / item", 1), "n": ("words", 1), "mode": ("scoring", 1),
+}
+#: prefixes of flattened metric keys, as read
+_GROUPS = {"mean": "mean over words", "median": "median over words"}
 
 
 # ------------------------------------------------------------------ helpers
-def _template(name: str) -> str:
-    return resources.files("diffusion_cam").joinpath("templates", name).read_text(encoding="utf-8")
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("diffusion_cam", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    env.filters["label"] = word_label
+    return env
 
 
-def esc(value: Any) -> str:
-    """Text safe inside HTML content and quoted attributes."""
-    return html.escape(str(value), quote=True)
+def _source(name: str) -> str:
+    """A template file's own text (the stylesheet, the script)."""
+    env = _environment()
+    return env.loader.get_source(env, name)[0]
 
 
 def script_json(data: Any) -> str:
@@ -97,7 +117,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def fmt(value: Any) -> str:
-    """A value as shown in a table cell (not yet escaped)."""
+    """A value as shown in a table cell (escaped by the template)."""
     if value is None:
         return "—"
     if isinstance(value, (bool, np.bool_)):
@@ -109,6 +129,20 @@ def fmt(value: Any) -> str:
     if isinstance(value, (list, tuple, Mapping)):
         return json.dumps(_json_safe(value), ensure_ascii=False)
     return str(value)
+
+
+def metric_label(key: str) -> str:
+    """``"mean.f3_geometric"`` as read: ``"F3 (geometric), mean over words"``; unknown keys as given."""
+    group, _, name = key.rpartition(".")
+    label = METRICS.get(name, (name, 1))[0]
+    return f"{label}, {_GROUPS.get(group, group)}" if group else label
+
+
+def metric_value(key: str, value: Any) -> Any:
+    """``value`` in the unit of the bench tables (fractions as percent)."""
+    scale = METRICS.get(key.rpartition(".")[2], (None, 1))[1]
+    x = _finite(value)
+    return value if x is None or scale == 1 else round(x * scale, 2)
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -123,28 +157,23 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any
     return rows
 
 
-def _kv_table(rows: Iterable[tuple[str, Any]], cls: str = "") -> str:
-    body = "".join(f"<tr><th>{esc(k)}</th><td class=\"{'num' if _finite(v) is not None else ''}\">"
-                   f"{esc(fmt(v))}</td></tr>" for k, v in rows)
-    return f'<table class="kv {esc(cls)}">{body}</table>'
+def _kv_rows(rows: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
+    return [{"key": k, "value": fmt(v), "num": _finite(v) is not None} for k, v in rows]
 
 
-def _page(title: str, body: str, data: Any = None, script: str = "") -> str:
+def _render(template: str, title: str, data: Any = None, script: str = "", **context: Any) -> str:
     from . import __version__
 
     script_src = f"'sha256-{base64.b64encode(hashlib.sha256(script.encode('utf-8')).digest()).decode()}'" \
         if script else "'none'"
     csp = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {script_src}; "
            "base-uri 'none'; form-action 'none'")
-    scripts = ""
-    if script:
-        scripts = (f'<script type="application/json" id="dc-data">{script_json(_json_safe(data))}</script>\n'
-                   f"<script>{script}</script>")
-    values = {"csp": html.escape(csp, quote=False),  # our own text, no double quote in it
-              "version": esc(__version__), "title": esc(title), "css": _template("report.css"),
-              "body": body, "scripts": scripts}
-    # one pass: text substituted in is never scanned for placeholders again
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], _template("page.html"))
+    return _environment().get_template(template).render(
+        # the policy and the stylesheet are our own text: escaping would turn their quotes into entities
+        csp=Markup(csp), version=__version__, title=title, css=Markup(_source("report.css")),
+        # our own script and JSON made inert inside <script>: HTML-escaping would corrupt both
+        script=Markup(script) if script else None, data=Markup(script_json(_json_safe(data))) if script else None,
+        **context)
 
 
 def index_html(entries: Sequence[Mapping[str, Any]], prompt: str) -> str:
@@ -154,29 +183,15 @@ def index_html(entries: Sequence[Mapping[str, Any]], prompt: str) -> str:
     page), and either ``answer`` and ``thumbnail`` (an RGB array) with
     ``report`` (whether the folder has report.html), or ``error``.
     """
-    rows = []
-    for e in entries:
-        folder = str(e["folder"]).rstrip("/")
-        if "error" in e:
-            rows.append(f'<tr><td></td><td>{esc(e["image"])}</td><td class="error">{esc(e["error"])}</td><td></td></tr>')
-            continue
-        thumb = f'<img src="{image_data_uri(e["thumbnail"], 96)}" alt="">' if e.get("thumbnail") is not None else ""
-        links = [f'<a href="{esc(folder)}/report.html">report</a>'] if e.get("report") else []
-        links.append(f'<a href="{esc(folder)}/result.json">result.json</a>')
-        rows.append(f'<tr><td>{thumb}</td><td>{esc(e["image"])}</td><td>{esc(e["answer"])}</td>'
-                    f'<td>{" · ".join(links)}</td></tr>')
-    failed = sum("error" in e for e in entries)
-    summary = f"{len(entries)} images, prompt {esc(repr(prompt))}" + (f", {failed} failed" if failed else "")
-    body = (f"<h1>diffusion-cam explanations</h1><p>{summary}</p>"
-            "<table><thead><tr><th></th><th>image</th><th>answer</th><th></th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
-    return _page("diffusion-cam explanations", body)
+    rows = [{**e, "folder": str(e["folder"]).rstrip("/"),
+             "thumb": image_data_uri(e["thumbnail"], 96) if e.get("thumbnail") is not None else None}
+            for e in entries]
+    return _render("index.html", "diffusion-cam explanations", rows=rows, prompt=prompt,
+                   failed=sum("error" in e for e in entries))
 
 
-def _colorbar_html(cmap: str) -> str:
-    ramp = np.repeat(colormap_lut(cmap)[None], 4, axis=0)
-    return (f'<div class="colorbar"><img alt="colour scale" src="{image_data_uri(ramp)}">'
-            f'<div class="ends"><span>0 · low</span><span>map value ({esc(cmap)})</span><span>high · 1</span></div></div>')
+def _colorbar(cmap: str) -> dict[str, str]:
+    return {"uri": image_data_uri(np.repeat(colormap_lut(cmap)[None], 4, axis=0)), "name": cmap}
 
 
 # -------------------------------------------------------- explanation report
@@ -227,86 +242,33 @@ def explanation_data(exp: "Explanation", cmap: str = DEFAULT_CMAP, alpha: float 
             "raw_uri": None if raw is None else image_data_uri(overlay(exp.image, raw, cmap, alpha)),
         })
     return {"tokens": tokens, "steps": steps, "words": [word_label(w, 60) for w in answer_words(exp)],
-            "image": image_data_uri(exp.image)}
+            "image": image_data_uri(exp.image), "first": _first_content_row(tokens)}
+
+
+def _first_content_row(tokens: Sequence[Mapping[str, Any]]) -> int | None:
+    """The word the report opens on: the first explained content word with a map (not "a" or "the")."""
+    from .evaluation.words import content_words
+
+    for t in tokens:
+        if not t["degenerate"] and content_words(t["word"]):
+            return t["row"]
+    return tokens[0]["row"] if tokens else None
 
 
 def explanation_html(exp: "Explanation", cmap: str = DEFAULT_CMAP, alpha: float = DEFAULT_ALPHA) -> str:
     """The interactive report of one explanation as one self-contained HTML page."""
     data = explanation_data(exp, cmap, alpha)
     rows_by_index = {t["index"]: t["row"] for t in data["tokens"]}
-    pixelated = ' class="pixelated"' if max(exp.image.shape[:2]) < 256 else ""
-
-    chips = []
-    for p, word in enumerate(data["words"]):
-        if p in rows_by_index:
-            row = rows_by_index[p]
-            t = data["tokens"][row]
-            cls = "chip degenerate" if t["degenerate"] else "chip"
-            chips.append(f'<button type="button" class="{cls}" data-row="{row}" aria-pressed="false" '
-                         f'title="step {esc(fmt(t["step"]))}">{esc(word)}</button>')
-        else:
-            chips.append(f'<span class="chip" title="not explained">{esc(word)}</span>')
-    step_chips = "".join(f'<span class="chip" data-index="{p}">{esc(w)}</span>' for p, w in enumerate(data["words"]))
-
-    first = data["tokens"][0] if data["tokens"] else None
-    n_steps = len(data["steps"])
-    has_raw = any(t["raw_uri"] for t in data["tokens"])
-    stepper = ""
-    if n_steps:
-        stepper = (
-            '<h2>Denoising order</h2><div class="steps">'
-            '<button type="button" id="dc-prev" aria-label="previous step">◀</button>'
-            f'<input type="range" id="dc-slider" min="0" max="{n_steps - 1}" value="0" step="1" '
-            'aria-label="denoising step">'
-            '<button type="button" id="dc-next" aria-label="next step">▶</button>'
-            '<button type="button" id="dc-play">Play</button>'
-            '<span class="where" id="dc-where"></span></div>'
-            f'<div class="answer" id="dc-step-answer">{step_chips}</div>'
-        )
-
-    word_rows = "".join(
-        f"<tr><td class=\"num\">{t['index']}</td><td>{esc(t['word'])}</td><td class=\"num\">{esc(fmt(t['step']))}</td>"
-        f"<td class=\"num\">{esc(fmt(t['score']))}</td><td class=\"warn\">{'no evidence' if t['degenerate'] else ''}</td></tr>"
-        for t in data["tokens"])
-    words_table = ("<table><tr><th class=\"num\">position</th><th>word</th><th class=\"num\">commit step</th>"
-                   f"<th class=\"num\">score</th><th></th></tr>{word_rows}</table>")
-
+    chips = [{"word": word, "token": data["tokens"][rows_by_index[p]] if p in rows_by_index else None}
+             for p, word in enumerate(data["words"])]
     metrics = {k: v for k, v in (exp.metrics or {}).items() if k != "per_token"}
-    metrics_html = f"<h2>Metrics</h2>{_kv_table(flatten(metrics))}" if metrics else ""
-    settings_html = _kv_table(flatten(exp.settings or {})) if exp.settings else "<p class=\"sub\">none recorded</p>"
-
-    body = f"""
-<h1>{esc(exp.answer) or "(empty answer)"}</h1>
-<p class="sub">model {esc(exp.model)} · method {esc(exp.method)} · {len(exp.tokens)} explained word(s)</p>
-<div class="layout">
-  <div class="viewer">
-    <figure>
-      <img id="dc-map"{pixelated} src="{first['uri'] if first else data['image']}" alt="map">
-      <figcaption class="caption" aria-live="polite">
-        <div class="word" id="dc-caption-word">{esc(first['word']) if first else 'no explained word'}</div>
-        <div class="detail" id="dc-caption-detail"></div>
-      </figcaption>
-    </figure>
-    {_colorbar_html(cmap)}
-    {'<label class="toggle"><input type="checkbox" id="dc-raw"> raw map (before refinement)</label>' if has_raw else ''}
-  </div>
-  <div>
-    <h2>Prompt</h2>
-    <p class="prompt" id="dc-prompt">{esc(exp.prompt)}</p>
-    <h2>Answer — click a word to see its map</h2>
-    <div class="answer" id="dc-answer">{''.join(chips)}</div>
-    {stepper}
-    <h2>Image</h2>
-    <img class="thumb{' pixelated' if pixelated else ''}" src="{data['image']}" alt="input image">
-  </div>
-</div>
-<h2>Words</h2>
-{words_table}
-{metrics_html}
-<h2>Settings</h2>
-{settings_html}
-"""
-    return _page(f"diffusion-cam: {exp.answer}", body, data, _template("explanation.js"))
+    return _render(
+        "explanation.html", f"diffusion-cam: {exp.answer}", data, _source("explanation.js"),
+        exp=exp, view=data, chips=chips, first=None if data["first"] is None else data["tokens"][data["first"]],
+        has_raw=any(t["raw_uri"] for t in data["tokens"]), pixelated=max(exp.image.shape[:2]) < 256,
+        colorbar=_colorbar(cmap),
+        metrics=_kv_rows((metric_label(k), metric_value(k, v)) for k, v in flatten(metrics)),
+        settings=_kv_rows(flatten(exp.settings or {})))
 
 
 # ---------------------------------------------------------- benchmark report
@@ -361,8 +323,8 @@ def summarize(records: Sequence[Mapping], metrics: Sequence[str]) -> list[dict[s
     return rows
 
 
-def _svg_bars(title: str, labels: Sequence[str], values: Sequence[float | None], best: int | None) -> str:
-    """A horizontal bar chart as inline SVG (drawn here: no plotting library needed)."""
+def _chart(title: str, labels: Sequence[str], values: Sequence[float | None], best: int | None) -> dict[str, Any]:
+    """Geometry of a horizontal bar chart, drawn as inline SVG by the template (no plotting library)."""
     bar_h, gap, label_w, width = 18, 6, 130, 330
     plot_w = width - label_w - 56
     finite = [v for v in values if v is not None]
@@ -370,23 +332,15 @@ def _svg_bars(title: str, labels: Sequence[str], values: Sequence[float | None],
     hi = max(0.0, max(finite, default=0.0)) or 1.0
     span = (hi - lo) or 1.0
     zero_x = label_w + plot_w * (0.0 - lo) / span
-    height = len(labels) * (bar_h + gap) + gap
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="{esc(title)}" font-size="12" font-family="system-ui, DejaVu Sans, sans-serif">']
+    bars = []
     for i, (label, v) in enumerate(zip(labels, values)):
-        y = gap + i * (bar_h + gap)
-        short = label if len(label) <= 20 else label[:19] + "…"
-        parts.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end" fill="#212529">{esc(short)}</text>')
-        if v is None:
-            parts.append(f'<text x="{label_w + 4}" y="{y + 13}" fill="#6c757d">—</text>')
-            continue
-        x0 = min(zero_x, label_w + plot_w * (v - lo) / span)
-        w = abs(plot_w * v / span)
-        colour = "#0d6efd" if i == best else "#9ec5fe"
-        parts.append(f'<rect x="{x0:.1f}" y="{y}" width="{max(w, 1):.1f}" height="{bar_h}" rx="3" fill="{colour}"/>')
-        parts.append(f'<text x="{x0 + max(w, 1) + 4:.1f}" y="{y + 13}" fill="#212529">{esc(fmt(v))}</text>')
-    parts.append(f'<line x1="{zero_x:.1f}" x2="{zero_x:.1f}" y1="0" y2="{height}" stroke="#adb5bd"/></svg>')
-    return f'<div class="chart"><h3>{esc(title)}</h3>{"".join(parts)}</div>'
+        bar = {"y": gap + i * (bar_h + gap), "label": label if len(label) <= 20 else label[:19] + "…", "value": v}
+        if v is not None:
+            w = max(abs(plot_w * v / span), 1)
+            bar.update(x=round(min(zero_x, label_w + plot_w * (v - lo) / span), 1), w=round(w, 1), best=i == best)
+        bars.append(bar)
+    return {"title": title, "bars": bars, "width": width, "height": len(labels) * (bar_h + gap) + gap,
+            "bar_h": bar_h, "label_w": label_w, "zero_x": round(zero_x, 1)}
 
 
 def _best(values: Sequence[float | None], lower: bool) -> int | None:
@@ -396,29 +350,25 @@ def _best(values: Sequence[float | None], lower: bool) -> int | None:
     return (min(scored) if lower else max(scored))[1]
 
 
-def _card(record: Mapping, primary: str, cache: dict, cmap: str, alpha: float) -> str:
+def _card(record: Mapping, primary: str, cache: dict, cmap: str, alpha: float) -> dict[str, Any]:
     from .explanation import Explanation
 
-    value = (record.get("metrics") or {}).get(primary)
-    picture = '<div class="missing">no saved explanation</div>'
-    word = record.get("token")
-    text = record.get("answer") or ""
+    card = {"value": metric_value(primary, (record.get("metrics") or {}).get(primary)), "item": record.get("item", "?"),
+            "word": record.get("token"), "text": record.get("answer") or "", "uri": None, "problem": None}
     path = record.get("explanation")
     if path:
         try:
             if path not in cache:
                 cache[path] = Explanation.load(path)
             exp = cache[path]
-            row = exp.index_of(word) if word is not None else 0
-            word = exp.tokens[row]
-            text = text or exp.answer
-            picture = f'<img src="{token_data_uri(exp, row, cmap, alpha)}" alt="map of {esc(word_label(word))}">'
+            row = exp.index_of(card["word"]) if card["word"] is not None else 0
+            card.update(word=exp.tokens[row], text=card["text"] or exp.answer, uri=token_data_uri(exp, row, cmap, alpha))
         except DiffusionCamError as err:
-            picture = f'<div class="missing">{esc(err)}</div>'
-    word_html = f" · <b>{esc(word_label(word))}</b>" if word is not None else ""
-    return (f'<div class="card">{picture}<div><span class="value">{esc(primary)} {esc(fmt(value))}</span></div>'
-            f'<div>item {esc(record.get("item", "?"))}{word_html}</div>'
-            f'<div class="text">{esc(text)}</div></div>')
+            card["problem"] = str(err)
+    if card["uri"] is None and not isinstance(card["word"], str):
+        card["word"] = None  # a row index means nothing without the explanation it indexes
+    card["word"] = None if card["word"] is None else word_label(card["word"])
+    return card
 
 
 def bench_html(records: Sequence[Mapping], summary: Sequence[Mapping] | None = None, *,
@@ -441,33 +391,22 @@ def bench_html(records: Sequence[Mapping], summary: Sequence[Mapping] | None = N
     lower = set(lower_is_better)
     methods = [str(r.get("method", "?")) for r in table]
 
-    # table, the best value of every measured column in bold
+    # the table in the bench tables' units, the best value of every measured column in bold
     numeric = [c for c in columns if c != "method" and any(_finite(r.get(c)) is not None for r in table)]
     best_row = {c: _best([_finite(r.get(c)) for r in table], c in lower) for c in numeric if c not in COUNT_COLUMNS}
-    head = "".join(f'<th class="{"num" if c in numeric else ""}">{esc(c)}</th>' for c in columns)
-    body_rows = []
-    for i, row in enumerate(table):
-        cells = []
-        for c in columns:
-            cls = "num" if c in numeric else ""
-            if best_row.get(c) == i and len(table) > 1:
-                cls += " best"
-            cells.append(f'<td class="{cls}">{esc(fmt(row.get(c)))}</td>')
-        body_rows.append(f"<tr>{''.join(cells)}</tr>")
-    summary_html = f"<table><tr>{head}</tr>{''.join(body_rows)}</table>"
-
-    charts = "".join(
-        _svg_bars(c + (" (lower is better)" if c in lower else ""), methods, [_finite(r.get(c)) for r in table],
-                  best_row.get(c))
-        for c in numeric if c not in COUNT_COLUMNS)
+    head = [{"label": metric_label(c) if c in METRICS else c, "num": c in numeric} for c in columns]
+    body = [[{"text": fmt(metric_value(c, row.get(c))), "num": c in numeric,
+              "best": best_row.get(c) == i and len(table) > 1} for c in columns] for i, row in enumerate(table)]
+    charts = [_chart((metric_label(c) if c in METRICS else c) + (" (lower is better)" if c in lower else ""),
+                     methods, [_finite(metric_value(c, r.get(c))) for r in table], best_row.get(c))
+              for c in numeric if c not in COUNT_COLUMNS]
 
     # gallery: the best and the worst items of every method by the primary metric
     if primary is None:
         primary = next((m for m in ("f3", "obj_iou") if m in names), names[0] if names else None)
-    gallery_html = ""
+    sections = []
     if primary is not None and gallery > 0:
         cache: dict = {}
-        sections = []
         for method in dict.fromkeys(str(r.get("method")) for r in records):
             scored = [r for r in records if str(r.get("method")) == method and not r.get("error")
                       and _finite((r.get("metrics") or {}).get(primary)) is not None]
@@ -477,33 +416,15 @@ def bench_html(records: Sequence[Mapping], summary: Sequence[Mapping] | None = N
                 continue
             best = scored[:gallery]
             worst = scored[max(gallery, len(scored) - gallery):][::-1]  # never repeats a best item
-            part = f'<h3>{esc(method)}</h3><p class="sub">best by {esc(primary)}</p><div class="gallery">'
-            part += "".join(_card(r, primary, cache, cmap, alpha) for r in best) + "</div>"
-            if worst:
-                part += f'<p class="sub">worst by {esc(primary)}</p><div class="gallery">'
-                part += "".join(_card(r, primary, cache, cmap, alpha) for r in worst) + "</div>"
-            sections.append(part)
-        gallery_html = "<h2>Gallery</h2>" + "".join(sections) if sections else ""
-
+            sections.append({"method": method, "best": [_card(r, primary, cache, cmap, alpha) for r in best],
+                             "worst": [_card(r, primary, cache, cmap, alpha) for r in worst]})
+    pictures = any(r.get("explanation") for r in records)
     failures = [r for r in records if r.get("error")]
-    failures_html = ""
-    if failures:
-        rows = "".join(f"<tr><td>{esc(r.get('method', '?'))}</td><td>{esc(r.get('item', '?'))}</td>"
-                       f"<td class=\"warn\">{esc(r['error'])}</td></tr>" for r in failures)
-        failures_html = f"<h2>Failures ({len(failures)})</h2><table><tr><th>method</th><th>item</th><th>reason</th></tr>{rows}</table>"
-
-    n_items = len({(str(r.get("item"))) for r in records})
-    body = f"""
-<h1>{esc(title)}</h1>
-<p class="sub">{len(methods)} method(s) · {n_items} item(s) · {len(records)} record(s)</p>
-<h2>Summary</h2>
-{summary_html}
-{f'<h2>Charts</h2><div class="charts">{charts}</div>' if charts else ''}
-{gallery_html}
-{failures_html}
-{f'<h2>Settings</h2>{_kv_table(flatten(settings))}' if settings else ''}
-"""
-    return _page(title, body)
+    return _render("bench.html", title, heading=title, n_methods=len(methods),
+                   n_items=len({str(r.get("item")) for r in records}), n_records=len(records), head=head, body=body,
+                   charts=charts, sections=sections, pictures=pictures,
+                   primary=None if primary is None else (metric_label(primary) if primary in METRICS else primary),
+                   failures=failures, settings=_kv_rows(flatten(settings or {})))
 
 
 def bench_report(results: str | Path | Sequence[Mapping] | Mapping[str, Any], out_path: str | Path, *,

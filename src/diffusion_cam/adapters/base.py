@@ -177,6 +177,12 @@ class Adapter(ABC):
         return len(self.blocks()) // 2
 
     @property
+    def blocks_without_image_gradient(self) -> Mapping[int, str]:
+        """Blocks (non-negative indices) whose output at the image positions cannot reach the answer's
+        scores, each with the reason: gradient methods refuse to hook them.  Empty when none is known."""
+        return {}
+
+    @property
     def context_length(self) -> int | None:
         """The model's maximum sequence length from its config (None when it declares none)."""
         config = getattr(self.model, "config", None)
@@ -303,6 +309,12 @@ class Adapter(ABC):
             output = output.last_hidden_state
         return output
 
+    def out_of_world(self, inputs: ModelInputs, generation: Any = None) -> str | None:
+        """Why ``inputs`` (and the answer ``generation`` gave, when there is one) are unlike what the model
+        was trained on, so that its answer is likely meaningless; None when they look ordinary or when the
+        adapter cannot tell (the default: a general model has no narrow world to leave)."""
+        return None
+
     # ------------------------------------------------------------- generation
     def generate(self, inputs: ModelInputs, config: GenerationConfig):
         """Generate an answer and record its denoising trajectory.
@@ -335,6 +347,12 @@ class Adapter(ABC):
                     f"layer {idx} is out of range: {self.family} model {self.name!r} has {n} blocks "
                     f"(valid indices {-n}..{n - 1})"
                 )
+            reason = self.blocks_without_image_gradient.get(idx % n)
+            if reason is not None:
+                # every map from it would be empty: refused before the model runs, not after
+                usable = [i for i in range(n) if i not in self.blocks_without_image_gradient]
+                raise LayerError(f"layer {idx} gets no gradient at the image positions of {self.family} model "
+                                 f"{self.name!r}: {reason}; use one of {', '.join(map(str, usable))}")
             resolved.append(idx % n)
         return resolved
 

@@ -62,6 +62,13 @@ class ShapesTinyAdapter(Adapter):
         return DEFAULT_LAYER if DEFAULT_LAYER < len(self.blocks()) else len(self.blocks()) // 2
 
     @property
+    def blocks_without_image_gradient(self) -> dict[int, str]:
+        # the head reads each position's own last hidden state, so the last block's output at an
+        # image position only feeds that position's logits, never an answer token's
+        last = len(self.blocks()) - 1
+        return {last: "it is the last block, whose output at a position feeds only that position's own logits"}
+
+    @property
     def default_generation(self) -> GenerationConfig:
         return GenerationConfig(gen_length=self._model.config.gen_length)
 
@@ -102,6 +109,23 @@ class ShapesTinyAdapter(Adapter):
         positions = torch.nonzero(sequence == self.tokenizer.image_id).flatten().tolist()
         h, w = inputs.image_size
         return [ImageGrid(tuple(positions), self._model.grid_size, (0.0, 0.0, float(w), float(h)))]
+
+    def out_of_world(self, inputs: ModelInputs, generation: Any = None) -> str | None:
+        from .shapes_world import MIN_CONFIDENCE, image_reason
+
+        reason = image_reason(inputs.images[0])
+        if reason is not None or generation is None or not generation.steps:
+            return reason
+        # an image that passes the checks above may still puzzle the model; in-world answers are near-certain
+        stops = self.stop_token_ids
+        committed = [(q, tid) for step in generation.steps for tid, q in zip(step.committed_ids, step.probabilities)
+                     if tid not in stops]
+        if committed:
+            q, tid = min(committed)
+            if q < MIN_CONFIDENCE:
+                return (f"the model is unsure of its answer (probability {q:.2f} for {self.decode([tid])[0]!r}, "
+                        f"against at least {MIN_CONFIDENCE} on Shapes scenes)")
+        return None
 
     # ------------------------------------------------------------------ text
     def decode(self, ids: Sequence[int]) -> list[str]:

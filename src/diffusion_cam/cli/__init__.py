@@ -15,10 +15,31 @@ from ..errors import DiffusionCamError
 COMMANDS = ("explain", "models", "train", "report", "bench", "select", "intervals")
 
 
+def _one_line_usage(parser: argparse.ArgumentParser) -> str:
+    """``prog POSITIONALS --required X [options]``: argparse's own usage lists every option over many lines."""
+    parts = [parser.prog]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parts.append(action.metavar or "COMMAND")
+        elif not action.option_strings:
+            name = action.metavar or action.dest
+            parts.append({"+": f"{name} [{name} ...]", "*": f"[{name} ...]", "?": f"[{name}]"}.get(action.nargs, name))
+        elif action.required:
+            parts.append(f"{action.option_strings[0]} {action.metavar or action.dest.upper()}")
+    return " ".join(parts) + f" [options]  ({parser.prog} --help for all)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are two lines: the short usage and ``error: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"usage: {_one_line_usage(self)}\nerror: {_one_line(message)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="diffusion-cam",
         description="Visual explanations (Diffusion-CAM) for diffusion multimodal LLMs.",
     )
@@ -27,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -41,7 +63,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse would blame the top-level parser; the option was given to the sub-command
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     debug = args.debug or bool(os.environ.get("DIFFUSION_CAM_DEBUG"))
     if not debug:
         warnings.showwarning = _show_warning

@@ -9,6 +9,9 @@ from pathlib import Path
 from ..metrics.faithfulness import REPLACEMENTS
 from .options import add_method_options, add_model_options, load_adapter, method_kwargs
 
+#: written next to index.html by a run over several images
+INDEX_FILE = "index.json"
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="explain a model's answer about an image",
@@ -58,6 +61,9 @@ def prepare_output(path: str) -> Path:
     """Create the output directory now, so an unwritable path fails before the model runs."""
     from ..errors import OutputError
 
+    if not str(path).strip():
+        # Path("") is the current directory: an empty --out would scatter the files there
+        raise OutputError("--out is empty: name the output directory, e.g. --out out/scene")
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -103,6 +109,15 @@ def output_folders(images: list[str], out: Path) -> list[Path]:
     return folders
 
 
+def write_index(out: Path, entries: list[dict], prompt: str) -> None:
+    """``index.json``: which image each folder explains, so ``diffusion-cam report`` can redraw index.html."""
+    import json
+
+    keep = ("image", "folder", "answer", "error", "report")
+    doc = {"prompt": prompt, "images": [{k: e[k] for k in keep if k in e} for e in entries]}
+    (out / INDEX_FILE).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -128,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
             # one unreadable image does not cost the others their run
             failed += 1
             message = " ".join(str(err).split())
-            print(f"error: {image}: {message}", file=sys.stderr)
+            # image errors already start with the path; others get it so each line says which image
+            print(f"error: {message if message.startswith(image) else f'{image}: {message}'}", file=sys.stderr)
             entries.append({"image": image, "folder": folder.name, "error": message})
         else:
             entries.append({"image": image, "folder": folder.name, "answer": exp.answer, "thumbnail": exp.image,
@@ -139,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             (out / "index.html").write_text(index_html(entries, args.prompt), encoding="utf-8")
+            write_index(out, entries, args.prompt)
         except OSError as err:
             raise OutputError(f"cannot write {out / 'index.html'}: {err.strerror or err}") from None
         print(f"wrote index.html (every image, its answer and its report) to {out}")

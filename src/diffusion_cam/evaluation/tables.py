@@ -164,17 +164,24 @@ def _text(tables: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def bar_chart(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path | None:
-    """Grouped bars (Obj-IoU, Concentration, both F3, pointing game; %) per method; None without matplotlib."""
+#: the main table's columns drawn in main.png (all in %)
+CHART_KEYS = (("obj_iou", "Obj-IoU"), ("concentration", "Concentration"), ("f3_of_means", "F3 (of means)"),
+              ("f3_mean", "F3 (mean of words)"), ("pointing", "Pointing game"))
+#: bar colours of the Pillow chart (matplotlib's default cycle, so both charts read alike)
+_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def bar_chart(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Grouped bars (Obj-IoU, Concentration, both F3, pointing game; %) per method: matplotlib's when it is
+    installed, else drawn with Pillow."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return None
-    keys = [("obj_iou", "Obj-IoU"), ("concentration", "Concentration"), ("f3_of_means", "F3 (of means)"),
-            ("f3_mean", "F3 (mean of words)"), ("pointing", "Pointing game")]
+        return _pillow_bar_chart(rows, path, title)
+    keys = CHART_KEYS
     fig, ax = plt.subplots(figsize=(9, 3.6), dpi=120)
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(keys))
@@ -193,6 +200,47 @@ def bar_chart(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Pa
     # fixed metadata: the same table gives the same bytes
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
+    return path
+
+
+def _pillow_bar_chart(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """The grouped bars of :func:`bar_chart` drawn with Pillow (no matplotlib needed)."""
+    from PIL import Image, ImageDraw
+
+    from ..visualize import _font
+
+    width, height, left, top, bottom = 1080, 432, 56, 34, 96
+    plot_w, plot_h = width - left - 16, height - top - bottom
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    small, normal = _font(11), _font(13)
+    if title:
+        draw.text((width // 2, 8), title, fill="black", font=normal, anchor="mt")
+    for pct in range(0, 101, 20):  # y axis in %, as matplotlib's chart (0..105)
+        y = top + plot_h - plot_h * pct / 105
+        draw.line([(left, y), (left + plot_w, y)], fill="#e0e0e0")
+        draw.text((left - 6, y), str(pct), fill="black", font=small, anchor="rm")
+    draw.text((12, top + plot_h // 2), "%", fill="black", font=normal, anchor="mm")
+    group_w = plot_w / len(CHART_KEYS)
+    bar_w = 0.8 * group_w / max(len(rows), 1)
+    for g, (key, name) in enumerate(CHART_KEYS):
+        x0 = left + g * group_w + 0.1 * group_w
+        for i, r in enumerate(rows):
+            value = 100 * (r.get(key) or 0.0)
+            x = x0 + i * bar_w
+            y = top + plot_h - plot_h * min(value, 105) / 105
+            draw.rectangle([x, y, x + bar_w - 1, top + plot_h], fill=_COLOURS[i % len(_COLOURS)])
+            # one decimal: a bar just under a round target must not read as on it
+            draw.text((x + bar_w / 2, y - 2), f"{value:.1f}", fill="black", font=_font(9), anchor="mb")
+        draw.text((left + (g + 0.5) * group_w, top + plot_h + 6), name, fill="black", font=small, anchor="mt")
+    draw.line([(left, top), (left, top + plot_h), (left + plot_w, top + plot_h)], fill="black")
+    x = left
+    for i, r in enumerate(rows):  # legend below the plot
+        label = str(r["method"])
+        draw.rectangle([x, height - 30, x + 12, height - 18], fill=_COLOURS[i % len(_COLOURS)])
+        draw.text((x + 16, height - 24), label, fill="black", font=small, anchor="lm")
+        x += 16 + int(small.getlength(label)) + 18
+    img.save(path, format="PNG")
     return path
 
 
@@ -246,7 +294,8 @@ def write_tables(out: Path, report: bool = True) -> dict[str, Any]:
     except OSError as err:
         raise OutputError(f"cannot write tables to {out}: {err.strerror or err}") from None
     written = list(files)
-    if report and bar_chart(tables["main"], out / "main.png", f"{tables['config']['dataset']['name']}: main table"):
+    if report:
+        bar_chart(tables["main"], out / "main.png", f"{tables['config']['dataset']['name']}: main table")
         written.append("main.png")
     if report:
         try:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..adapters.base import Adapter, GenerationConfig, ImageGrid, ModelInputs
-from ..errors import DegenerateMapWarning, InfeasibleStateError, PromptError, TargetError, UnknownNameError
+from ..errors import (DegenerateMapWarning, InfeasibleStateError, OutOfWorldWarning, PromptError, TargetError,
+                      UnknownNameError)
 from ..explanation import Explanation
 from ..extract import place_maps
 from ..generation import GenerationResult
@@ -202,9 +203,16 @@ class ExplanationMethod(ABC):
                 "use state='final' (CLI: --state final, the default with --answer)")
         else:
             run = self.given(image, prompt, answer, gen_length)
+        # said before the maps are computed: with an answer that is likely meaningless, so are they
+        doubt = self.adapter.out_of_world(run.inputs, run.generation if answer is None else None)
+        if doubt:
+            doubt = f"{doubt}; the answer is likely meaningless"
+            warnings.warn(doubt, OutOfWorldWarning, stacklevel=2)
         indices = self.select(run, targets)
         raw = self.compute(run, indices)
         exp = self.build(run, indices, raw)
+        if doubt:
+            exp.warnings.append(doubt)
         if replacement:
             exp.faithfulness = self.faithfulness(run, exp, replacement)
         return exp

@@ -105,6 +105,6 @@
       }, 900);
     });
   }
-  if (data.tokens.length > 0) { showToken(0); }
+  if (data.first !== null) { showToken(data.first); }  // the first content word, not "a"
   document.body.setAttribute("data-ready", "true");
 })();
