@@ -12,7 +12,7 @@ from typing import Sequence
 from ..errors import DiffusionCamError
 
 #: sub-command modules; each defines ``add_parser(subparsers)`` and ``run(args) -> int``
-COMMANDS = ("explain", "calibrate", "models", "train", "report", "bench")
+COMMANDS = ("explain", "calibrate", "check", "models", "train", "report", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
