@@ -90,3 +90,20 @@ def test_calibrate_needs_an_image_and_a_prompt(capsys):
 def test_calibrate_refuses_a_missing_image(tmp_path, capsys):
     rc = main(["calibrate", "missing.png", "--prompt", "describe", "--out", str(tmp_path), *SMALL])
     assert rc == 2 and capsys.readouterr().err.strip() == "error: missing.png: no such file"
+
+
+def test_bench_with_profile_records_it_and_spares_the_baselines(workdir):
+    from diffusion_cam.evaluation.records import read_records
+
+    profile = workdir / "cal" / "profile.json"
+    out = workdir / "bench"
+    assert main(["bench", "--model", "tiny-random", "--items", "1", "--methods", "diffusion-cam", "gradcam",
+                 "--profile", str(profile), "--no-faithfulness", "--no-progress", "--save-explanations",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "bench.json").read_text())["method_options"]["profile"] == str(profile)
+    assert not [r for r in read_records(out) if r["status"] == "failed"]
+    saved = sorted((out / "explanations").glob("*/*/result.json"))
+    by_method = {p.parent.name: json.loads(p.read_text())["settings"] for p in saved}
+    assert by_method["diffusion-cam"]["profile"]["file"] == str(profile)
+    assert by_method["diffusion-cam"]["cam"] == json.loads(profile.read_text())["settings"]["cam"]
+    assert "profile" not in by_method["gradcam"]
