@@ -48,6 +48,9 @@ def test_grid_defaults_and_stages(tiny_mod):
     assert [c.score for c in around if c.score != stage_one[0].score] == list(grid.scores[1:])
     assert all(c.modules for c in around if c.akd_border != grid.borders[0])
     assert default_layers(32, 0) == (0, 15, 30)
+    full = build_grid(tiny_mod, cams=["layercam"], layers=[0, 1], scores=["logit", "logodds"]).factorial()
+    # the border varies only with the modules on: 2 blocks x 2 scores x (3 borders + no modules)
+    assert len(full) == 2 * 2 * 4 and len(set(full)) == len(full)
 
 
 def test_calibration_table_profile_and_page(calibration, tmp_path):

@@ -97,7 +97,7 @@ def image_sha256(image: Any) -> str:
     return hashlib.sha256(arr.tobytes()).hexdigest()
 
 
-def _as_list(value, kind: str) -> list:
+def _as_list(value) -> list:
     if value is None:
         return []
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or (
@@ -107,8 +107,8 @@ def _as_list(value, kind: str) -> list:
 
 
 def check_inputs(images, prompts) -> tuple[list, list[str]]:
-    images = _as_list(images, "image")
-    prompts = _as_list(prompts, "prompt")
+    images = _as_list(images)
+    prompts = _as_list(prompts)
     if not images:
         raise ImageLoadError("no images given: calibration needs at least one of your images")
     if not prompts:
