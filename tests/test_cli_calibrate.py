@@ -107,3 +107,11 @@ def test_bench_with_profile_records_it_and_spares_the_baselines(workdir):
     assert by_method["diffusion-cam"]["profile"]["file"] == str(profile)
     assert by_method["diffusion-cam"]["cam"] == json.loads(profile.read_text())["settings"]["cam"]
     assert "profile" not in by_method["gradcam"]
+
+
+def test_a_baseline_with_a_profile_says_the_profile_does_not_apply(workdir, capsys):
+    rc = main(["explain", str(workdir / "img0.png"), "--prompt", "describe", "--model", "tiny-random", "--method",
+               "gradcam", "--profile", str(workdir / "cal" / "profile.json"), "--out", str(workdir / "g"),
+               "--no-pictures"])
+    assert rc == 0
+    assert "warning: the profile configures diffusion-cam; gradcam keeps its own settings" in capsys.readouterr().err

@@ -157,13 +157,17 @@ def method_kwargs(args: argparse.Namespace, adapter) -> dict:
 
 def method_name(args: argparse.Namespace) -> str:
     """--method, else the profile's method, else diffusion-cam."""
-    if args.method:
-        return args.method
-    if getattr(args, "profile", None):
+    profile = getattr(args, "profile", None)
+    wanted = None
+    if profile:
         from ..calibration import load_profile
 
-        return load_profile(args.profile).settings.get("method", "diffusion-cam")
-    return "diffusion-cam"
+        wanted = load_profile(profile).settings.get("method", "diffusion-cam")
+    if args.method and wanted and args.method != wanted:
+        import warnings
+
+        warnings.warn(f"the profile configures {wanted}; {args.method} keeps its own settings", stacklevel=2)
+    return args.method or wanted or "diffusion-cam"
 
 
 def load_adapter(args: argparse.Namespace):

@@ -21,6 +21,9 @@ class GradientCAM(ExplanationMethod):
     generated answer.  Gradients of all tokens of one forward come from one
     batched backward, ``chunk_size`` tokens at a time (``"auto"``: as many as
     the device's free memory allows, see :func:`diffusion_cam.extract.memory.auto_chunk_size`).
+    ``profile``: a calibration profile (file, dict or
+    :class:`~diffusion_cam.calibration.Profile`) whose settings fill in the
+    options left unset; ``settings()["profile"]`` records it.
     """
 
     name = "gradient-cam"
