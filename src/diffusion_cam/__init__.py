@@ -15,11 +15,12 @@ from .explanation import Explanation
 from .io import example_scenes, load_image
 from .methods import DiffusionCAM, ExplanationMethod, GradientCAM, available_methods, get_method, register_method
 from . import baselines  # noqa: E402,F401  (registers gradcam, llava-cam, tam, center)
+from .calibration import calibrate, check, load_profile  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adapter", "DiffusionCAM", "DiffusionCamError", "Explanation", "ExplanationMethod", "GenerationConfig",
+    "Adapter", "DiffusionCAM", "calibrate", "check", "load_profile", "DiffusionCamError", "Explanation", "ExplanationMethod", "GenerationConfig",
     "GradientCAM", "ImageGrid", "ModelInputs", "available_methods", "available_models", "errors", "extract",
     "example_scenes", "get_method", "load_image", "load_model", "metrics", "refine", "register_method", "__version__",
 ]

@@ -54,6 +54,10 @@ class OutputError(DiffusionCamError):
     """Results cannot be written where the user asked."""
 
 
+class ProfileError(DiffusionCamError):
+    """A calibration profile is unreadable, names an unknown setting or belongs to another model."""
+
+
 class DegenerateMapWarning(UserWarning):
     """A map had no positive evidence (all-zero or non-finite gradients) and is reported as zeros."""
 

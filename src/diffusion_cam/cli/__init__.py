@@ -12,7 +12,7 @@ from typing import Sequence
 from ..errors import DiffusionCamError
 
 #: sub-command modules; each defines ``add_parser(subparsers)`` and ``run(args) -> int``
-COMMANDS = ("explain", "models", "train", "report", "bench", "select", "intervals")
+COMMANDS = ("explain", "calibrate", "check", "models", "train", "report", "bench", "select", "intervals")
 
 
 def _one_line_usage(parser: argparse.ArgumentParser) -> str:

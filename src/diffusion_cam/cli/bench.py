@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     protocol.add_argument("--select", default=None, metavar="SELECTION.json",
                           help="every method with the configuration `diffusion-cam select` chose for it on other "
                                "scenes (refused if the reported scenes overlap them)")
+    protocol.add_argument("--profile", default=None, metavar="FILE",
+                          help="Diffusion-CAM settings from a calibration profile (`diffusion-cam calibrate`); "
+                               "explicit options override it; baselines keep their own recipes")
     g.add_argument("--layer", type=int, nargs="+", default=None, help="hooked block(s) of gradient methods")
     g.add_argument("--state", choices=STATES, default=None, help="forward explained (default: each method's)")
     g.add_argument("--score", choices=SCORES, default=None, help="score of gradient methods (default: the model's)")
@@ -130,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     if world > 1 and args.device and args.device.startswith("cuda") and ":" not in args.device:
         args.device = f"cuda:{local}"  # one GPU per process
     adapter = load_adapter(args)
+    if args.profile:  # refused now, before any item runs, if it is unreadable or for another model
+        from ..calibration import load_profile
+
+        load_profile(args.profile).check_model(adapter)
     dataset = _dataset(args)
     generation = generation_config(args, adapter)
     layer = None if args.layer is None else (args.layer[0] if len(args.layer) == 1 else args.layer)
@@ -138,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         out=out, specs=specs, ablation_rows=rows,
         method_options=dict(layer=layer, state=args.state, score=args.score, cam=args.cam, sicd_mode=args.sicd_mode,
                             akd_kernel=args.akd_kernel, akd_border=args.akd_border, chunk_size=args.chunk_size,
-                            generation=generation),
+                            generation=generation, profile=args.profile),
         faithfulness=not args.no_faithfulness, blur_sigma=args.blur_sigma, replacement=args.replacement,
         batch_size=args.batch_size,
         save_explanations=args.save_explanations, retry_failed=args.retry_failed, progress=not args.no_progress)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from ..metrics.faithfulness import REPLACEMENTS
-from .options import add_method_options, add_model_options, load_adapter, method_kwargs
+from .options import add_method_options, add_model_options, load_adapter, method_kwargs, method_name
 
 #: written next to index.html by a run over several images
 INDEX_FILE = "index.json"
@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                                    "under --out, named after the file.")
     p.add_argument("image", nargs="+", help="image file(s) (PNG, JPEG, ...)")
     p.add_argument("--prompt", required=True, help="question or instruction about the image")
-    p.add_argument("--method", default="diffusion-cam", help="explanation method (default: diffusion-cam)")
+    p.add_argument("--method", default=None, help="explanation method (default: the profile's, else diffusion-cam)")
     p.add_argument("--answer", default=None, metavar="TEXT",
                    help="explain this answer instead of generating one (explained from the final state)")
     p.add_argument("--targets", nargs="+", default=None, metavar="TOKEN",
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_output(args.out)
     folders = output_folders(args.image, out)
     adapter = load_adapter(args)
-    method = get_method(args.method, adapter, **method_kwargs(args, adapter))
+    method = get_method(method_name(args), adapter, **method_kwargs(args, adapter))
     mask = load_mask(args.mask) if args.mask else None
     failed, entries = 0, []
     for image, folder in zip(args.image, folders):

@@ -80,6 +80,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
+    g.add_argument("--profile", default=None, metavar="FILE",
+                   help="settings from a calibration profile (`diffusion-cam calibrate`); explicit options override it")
     g.add_argument("--layer", type=int, nargs="+", default=None,
                    help="block index(es) to hook (negative allowed; several are averaged); default: the model's")
     g.add_argument("--state", choices=STATES, default=None,
@@ -89,8 +91,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                         "spec's, for other models)")
     g.add_argument("--cam", choices=CAM_FORMULAS, default=None,
                    help="map formula (default: the model's measured choice; poscam, the method spec's, for other models)")
-    g.add_argument("--modules", nargs="*", default=list(ALL_MODULES), metavar="MODULE",
-                   help="refinement modules: any of akd dacg cba sicd, or none (default: all four)")
+    g.add_argument("--modules", nargs="*", default=None, metavar="MODULE",
+                   help="refinement modules: any of akd dacg cba sicd, or none (default: all four, or the profile's)")
     g.add_argument("--sicd-mode", default="reference", choices=("reference", "causal"), help="SICD variant")
     g.add_argument("--akd-kernel", default=3, type=_kernel, help="AKD kernel size (odd int) or 'adaptive'")
     g.add_argument("--akd-border", default=None, choices=AKD_BORDERS,
@@ -135,14 +137,37 @@ def generation_config(args: argparse.Namespace, adapter) -> GenerationConfig:
 
 def method_kwargs(args: argparse.Namespace, adapter) -> dict:
     """Keyword arguments of :func:`diffusion_cam.get_method` from parsed options."""
-    modules = [] if args.modules in (["none"], ["None"]) else list(args.modules)
+    if args.modules is None:
+        modules = None  # the method's own, or the profile's
+    else:
+        modules = [] if args.modules in (["none"], ["None"]) else list(args.modules)
     generation = generation_config(args, adapter)
     layer = None if args.layer is None else (args.layer[0] if len(args.layer) == 1 else args.layer)
-    state = args.state or ("final" if getattr(args, "answer", None) is not None else "trajectory")
-    return dict(layer=layer, state=state, score=args.score, cam=args.cam, modules=modules,
-                sicd_mode=args.sicd_mode, akd_kernel=args.akd_kernel, akd_border=args.akd_border,
-                distractor=args.distractor,
-                chunk_size=args.chunk_size, generation=generation)
+    state = args.state or ("final" if getattr(args, "answer", None) is not None else None)
+    kwargs = dict(layer=layer, score=args.score, cam=args.cam, modules=modules,
+                  sicd_mode=args.sicd_mode, akd_kernel=args.akd_kernel, akd_border=args.akd_border,
+                  distractor=args.distractor,
+                  chunk_size=args.chunk_size, generation=generation)
+    if state is not None:  # unset: trajectory, or the profile's (every method's default is trajectory)
+        kwargs["state"] = state
+    if getattr(args, "profile", None):
+        kwargs["profile"] = args.profile
+    return kwargs
+
+
+def method_name(args: argparse.Namespace) -> str:
+    """--method, else the profile's method, else diffusion-cam."""
+    profile = getattr(args, "profile", None)
+    wanted = None
+    if profile:
+        from ..calibration import load_profile
+
+        wanted = load_profile(profile).settings.get("method", "diffusion-cam")
+    if args.method and wanted and args.method != wanted:
+        import warnings
+
+        warnings.warn(f"the profile configures {wanted}; {args.method} keeps its own settings", stacklevel=2)
+    return args.method or wanted or "diffusion-cam"
 
 
 def load_adapter(args: argparse.Namespace):

@@ -21,15 +21,29 @@ class GradientCAM(ExplanationMethod):
     generated answer.  Gradients of all tokens of one forward come from one
     batched backward, ``chunk_size`` tokens at a time (``"auto"``: as many as
     the device's free memory allows, see :func:`diffusion_cam.extract.memory.auto_chunk_size`).
+    ``profile``: a calibration profile (file, dict or
+    :class:`~diffusion_cam.calibration.Profile`) whose settings fill in the
+    options left unset; ``settings()["profile"]`` records it.
     """
 
     name = "gradient-cam"
     #: map formulas this method accepts (a baseline narrows them to its own)
     formulas: tuple[str, ...] = CAM_FORMULAS
 
-    def __init__(self, adapter, *, layer: int | Sequence[int] | None = None, state: str = "trajectory",
+    def __init__(self, adapter, *, layer: int | Sequence[int] | None = None, state: str | None = None,
                  score: str | None = None, cam: str | None = None, chunk_size: int | str = 16,
-                 distractor: int | str | None = None, **kwargs: Any) -> None:
+                 distractor: int | str | None = None, profile: Any = None, **kwargs: Any) -> None:
+        self.profile = None
+        if profile is not None:
+            # a calibration profile fills in what the caller left unset (see diffusion_cam.calibration)
+            from ..calibration.profile import method_options
+
+            given = dict(layer=layer, state=state, score=score, cam=cam, modules=kwargs.get("modules"),
+                         akd_border=kwargs.get("akd_border"))
+            merged, self.profile = method_options(profile, adapter, self.name, given)
+            layer, state, score, cam = (merged.get(k) for k in ("layer", "state", "score", "cam"))
+            kwargs.update({k: merged[k] for k in ("modules", "akd_border") if k in merged})
+        state = state or "trajectory"
         super().__init__(adapter, **kwargs)
         score = score or adapter.default_score
         if score not in SCORES:
@@ -48,7 +62,7 @@ class GradientCAM(ExplanationMethod):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "layers": self.layers, "state": self.state, "score": self.score,
                 "cam": self.cam, "chunk_size": self.chunk_size,
-                "distractor": self.distractor}
+                "distractor": self.distractor, **({"profile": self.profile} if self.profile else {})}
 
     def degenerate_hint(self) -> str:
         if self.score == "logprob":
