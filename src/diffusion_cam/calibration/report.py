@@ -4,51 +4,35 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from ..report import _kv_table, _page, esc, fmt
+from ..report import _kv_rows, _render, fmt
+
+HEAD = ("rank", "configuration", "stage", "insertion − deletion", "± sd", "deletion AUC ↓", "insertion AUC ↑",
+        "degenerate maps")
 
 
-def _bars(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Horizontal bars of insertion - deletion, one per configuration, best first (inline SVG)."""
+def _bars(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Geometry of horizontal bars of insertion − deletion, one per configuration, best first (drawn as SVG)."""
     bar_h, gap, label_w, plot_w = 16, 4, 330, 330
     values = [r["score"] for r in rows]
     lo, hi = min(0.0, *values), max(0.0, *values)
     span = (hi - lo) or 1.0
     zero_x = label_w + plot_w * (0 - lo) / span
-    height = len(rows) * (bar_h + gap) + gap + 18
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 110}" height="{height}" '
-             'role="img" aria-label="label-free score of every configuration" font-size="12" '
-             'font-family="system-ui, DejaVu Sans, sans-serif">']
+    bars = []
     for i, r in enumerate(rows):
-        y = gap + i * (bar_h + gap)
         v = r["score"]
         x0 = min(zero_x, label_w + plot_w * (v - lo) / span)
         w = max(abs(plot_w * v / span), 1)
-        chosen = i == 0
-        weight = ' font-weight="bold"' if chosen else ""
-        parts.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end" fill="#212529"{weight}>'
-                     f'{esc(r["label"])}</text>')
-        parts.append(f'<rect x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{bar_h}" rx="2" '
-                     f'fill="{"#d63384" if chosen else "#9ec5fe"}"/>')
-        parts.append(f'<text x="{x0 + w + 4:.1f}" y="{y + 12}" fill="#212529">{fmt(v)}'
-                     f'{" ◀ chosen" if chosen else ""}</text>')
-    parts.append(f'<line x1="{zero_x:.1f}" x2="{zero_x:.1f}" y1="0" y2="{height - 18}" stroke="#adb5bd"/>')
-    parts.append(f'<text x="{label_w + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle" fill="#6c757d">'
-                 'insertion AUC − deletion AUC (higher: more faithful)</text></svg>')
-    return "".join(parts)
+        bars.append({"y": 4 + i * (bar_h + gap), "label": r["label"], "x": round(x0, 1), "w": round(w, 1),
+                     "text_x": round(x0 + w + 4, 1), "value": fmt(v), "chosen": i == 0})
+    return {"bars": bars, "bar_h": bar_h, "label_w": label_w, "zero_x": round(zero_x, 1),
+            "width": label_w + plot_w + 110, "height": len(rows) * (bar_h + gap) + gap + 18,
+            "axis_x": round(label_w + plot_w / 2)}
 
 
 def calibration_html(profile: Mapping[str, Any]) -> str:
     rows = profile["sweep"]
     crit = profile["criterion"]
-    head = ["rank", "configuration", "stage", "insertion − deletion", "± sd", "deletion AUC ↓", "insertion AUC ↑",
-            "degenerate maps"]
-    best = ' class="best"'
-    body_rows = "".join(
-        f'<tr{best if r["rank"] == 1 else ""}><td class="num">{r["rank"]}</td><td>{esc(r["label"])}</td>'
-        f'<td class="num">{r["stage"]}</td><td class="num">{fmt(r["score"])}</td><td class="num">{fmt(r["score_sd"])}</td>'
-        f'<td class="num">{fmt(r["deletion_auc"])}</td><td class="num">{fmt(r["insertion_auc"])}</td>'
-        f'<td class="num">{r["degenerate"]:.0%}</td></tr>' for r in rows)
-    summary = _kv_table([
+    summary = _kv_rows([
         ("model", profile["model"]["name"]),
         ("chosen", rows[0]["label"]),
         ("images", len(profile["images"])),
@@ -58,11 +42,9 @@ def calibration_html(profile: Mapping[str, Any]) -> str:
         ("seconds", profile["seconds"]),
         ("package version", profile["package_version"]),
     ])
-    body = (f"<h1>Calibration of {esc(profile['model']['name'])}</h1>{summary}"
-            "<p>No masks were used: each configuration is scored by how fast the probability of the answer's own "
-            "words falls when the patches its maps rank first are removed, and rises when they are restored. "
-            "The sd is over answers.</p>"
-            f'<div class="chart">{_bars(rows)}</div>'
-            f"<table><thead><tr>{''.join(f'<th>{esc(h)}</th>' for h in head)}</tr></thead>"
-            f"<tbody>{body_rows}</tbody></table>")
-    return _page(f"diffusion-cam calibration: {profile['model']['name']}", body)
+    table = [{"rank": r["rank"], "label": r["label"], "stage": r["stage"], "score": fmt(r["score"]),
+              "sd": fmt(r["score_sd"]), "deletion": fmt(r["deletion_auc"]), "insertion": fmt(r["insertion_auc"]),
+              "degenerate": f"{r['degenerate']:.0%}", "best": r["rank"] == 1} for r in rows]
+    name = profile["model"]["name"]
+    return _render("calibration.html", f"diffusion-cam calibration: {name}", model=name, summary=summary,
+                   chart=_bars(rows), head=HEAD, rows=table)
