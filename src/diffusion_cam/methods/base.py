@@ -17,8 +17,7 @@ import torch
 
 from ..adapters.base import Adapter, GenerationConfig, ImageGrid, ModelInputs
 from ..errors import DegenerateMapWarning, InfeasibleStateError, PromptError, TargetError, UnknownNameError
-from ..explanation import Explanation
-from ..extract import place_maps
+from ..explanation import Explanation, GridView
 from ..generation import GenerationResult
 from ..io import load_image
 from ..metrics.faithfulness import REPLACEMENTS
@@ -274,8 +273,10 @@ class ExplanationMethod(ABC):
             token_ids=[run.answer_ids[i] for i in indices],
             token_indices=list(indices),
             steps=[run.generation.commit_step[i] for i in indices],
-            maps=place_maps(refined, raw.grids, size),
-            raw_maps=place_maps([m.astype(np.float32) for m in raw.grid_maps], raw.grids, size),
+            # kept at grid resolution: maps at image resolution are drawn when asked for
+            views=[GridView(r, m.astype(np.float32), tuple(float(v) for v in grid.region))
+                   for r, m, grid in zip(refined, raw.grid_maps, raw.grids) if grid.image_index == 0],
+            image_size=tuple(size),
             grid_maps=refined[0],
             raw_grid_maps=raw.grid_maps[0].astype(np.float32),
             image=run.inputs.images[0],
