@@ -54,5 +54,9 @@ class OutputError(DiffusionCamError):
     """Results cannot be written where the user asked."""
 
 
+class ResourceError(DiffusionCamError, MemoryError):
+    """Memory ran out; the message says in which step and what would need less of it."""
+
+
 class DegenerateMapWarning(UserWarning):
     """A map had no positive evidence (all-zero or non-finite gradients) and is reported as zeros."""

@@ -138,8 +138,8 @@ class Explanation:
     def draw(self, row: int, raw: bool = False, size: tuple[int, int] | None = None) -> np.ndarray:
         """The (height, width) float32 map of explained row ``row`` at ``size`` (default: :attr:`image`'s)."""
         size = tuple(self.image.shape[:2]) if size is None else (int(size[0]), int(size[1]))
-        given = self._raw_maps if raw else self._maps
-        if given is not None:
+        if not self.views:  # maps given at image resolution (or read from a format-1 file)
+            given = self._raw_maps if raw else self._maps
             return _resized(given[row], size).astype(np.float32, copy=False)
         from .extract.placement import place_boxes
 

@@ -443,9 +443,14 @@ class DiffusionGemmaAdapter(Adapter):
 
 
 def load_diffusion_gemma(name: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
-                         torch_dtype: str | torch.dtype | None = None, seed: int = 0, **sampler: Any) -> DiffusionGemmaAdapter:
-    """Load a DiffusionGemma checkpoint (hub id or local folder) into an adapter."""
-    from .hub import require_transformers, resolve_checkpoint
+                         torch_dtype: str | torch.dtype | None = None, device_map: str | None = None, seed: int = 0,
+                         **sampler: Any) -> DiffusionGemmaAdapter:
+    """Load a DiffusionGemma checkpoint (hub id or local folder) into an adapter.
+
+    ``device_map="auto"`` loads the weights straight onto the GPUs (a 26 B
+    checkpoint would otherwise pass through ~52 GB of host memory in bf16).
+    """
+    from .hub import loading_options, require_transformers, resolve_checkpoint
 
     path = resolve_checkpoint(name, allow_pickle=allow_pickle)
     transformers = require_transformers("DiffusionGemma", "5.13")
@@ -454,7 +459,8 @@ def load_diffusion_gemma(name: str, *, allow_pickle: bool = False, trust_remote_
             f"transformers {transformers.__version__} has no DiffusionGemmaForBlockDiffusion: "
             "DiffusionGemma needs transformers>=5.13 (pip install 'diffusion-cam[hf]')"
         )
-    kwargs: dict[str, Any] = {"use_safetensors": None if allow_pickle else True}
+    kwargs: dict[str, Any] = {"use_safetensors": None if allow_pickle else True,
+                              **loading_options(device_map, transformers)}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     try:

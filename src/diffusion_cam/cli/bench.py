@@ -106,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rank, world, local = dist_env()
     out = prepare_output(args.out)
-    if world > 1 and args.device and args.device.startswith("cuda") and ":" not in args.device:
+    from ..devices import resolve_device
+
+    args.device = resolve_device(args.device)
+    if world > 1 and args.device == "cuda" and not args.device_map:
         args.device = f"cuda:{local}"  # one GPU per process
     adapter = load_adapter(args)
     dataset = _dataset(args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 
 from ..adapters.base import Adapter, GenerationConfig, ImageGrid, ModelInputs
-from ..errors import DegenerateMapWarning, InfeasibleStateError, PromptError, TargetError, UnknownNameError
+from ..errors import (DegenerateMapWarning, InfeasibleStateError, PromptError, ResourceError, TargetError,
+                      UnknownNameError)
 from ..explanation import Explanation, GridView
 from ..generation import GenerationResult
 from ..io import load_image
@@ -52,6 +54,22 @@ def state_forwards(run: Run, indices: list[int], state: str) -> list[tuple["torc
     for i in indices:
         groups.setdefault(run.generation.commit_step[i], []).append(i)
     return [(run.generation.steps[s].sequence, members) for s, members in sorted(groups.items())]
+
+
+@contextmanager
+def memory_step(what: str, hint: str):
+    """Turn running out of memory during ``what`` into a :class:`ResourceError` that names the step and a remedy."""
+    try:
+        yield
+    except ResourceError:
+        raise
+    except MemoryError:
+        raise ResourceError(f"out of memory {what}; {hint}") from None
+    except RuntimeError as err:
+        # torch.cuda.OutOfMemoryError (and MPS's plain RuntimeError) without importing torch.cuda here
+        if type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower():
+            raise ResourceError(f"out of accelerator memory {what}; {hint}") from None
+        raise
 
 
 @dataclass
@@ -97,8 +115,11 @@ class ExplanationMethod(ABC):
         """Raw [0, 1] grid maps for the answer tokens at ``indices`` (answer order)."""
 
     def settings(self) -> dict[str, Any]:
+        from ..devices import describe
+
         return {
             "method": self.name,
+            **describe(self.adapter.model),  # where it ran: --device / --dtype auto pick these
             "modules": list(self.modules),
             "sicd_mode": self.sicd_mode,
             "akd_kernel": self.akd_kernel,
@@ -193,19 +214,28 @@ class ExplanationMethod(ABC):
         replacement = "blur" if faithfulness is True else faithfulness
         if replacement and replacement not in REPLACEMENTS:  # before the model runs, not after
             raise UnknownNameError(f"unknown replacement {replacement!r}; choose one of {', '.join(REPLACEMENTS)}")
-        if answer is None:
-            run = self.generate(image, prompt, gen_length)
-        elif getattr(self, "state", "final") != "final":
+        if answer is not None and getattr(self, "state", "final") != "final":
             raise InfeasibleStateError(
                 f"a given answer was never denoised, so it has no {self.state!r} state to explain it from; "
                 "use state='final' (CLI: --state final, the default with --answer)")
-        else:
-            run = self.given(image, prompt, answer, gen_length)
+        with memory_step("while generating the answer",
+                         "try --dtype bfloat16 (half the weights' memory), a shorter --gen-length or a larger device"):
+            if answer is None:
+                run = self.generate(image, prompt, gen_length)
+            else:
+                run = self.given(image, prompt, answer, gen_length)
         indices = self.select(run, targets)
-        raw = self.compute(run, indices)
+        chunk = getattr(self, "chunk_size", None)
+        held = f", {chunk} per batched backward" if isinstance(chunk, int) else ""
+        with memory_step(f"in the backward passes of {len(indices)} token(s){held} over "
+                         f"{int(run.inputs.input_ids.shape[-1])} positions",
+                         "try a smaller --chunk-size (or 'auto'), fewer --targets or --dtype bfloat16"):
+            raw = self.compute(run, indices)
         exp = self.build(run, indices, raw)
         if replacement:
-            exp.faithfulness = self.faithfulness(run, exp, replacement)
+            with memory_step("measuring faithfulness (batches of perturbed images)",
+                             "leave out --faithfulness or use a smaller batch"):
+                exp.faithfulness = self.faithfulness(run, exp, replacement)
         return exp
 
     @staticmethod
