@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import progress
 from ..errors import ExtractionError, InfeasibleStateError, ModelLoadError, PromptError, TargetError
 from .base import Adapter, GenerationConfig, ImageGrid, ModelInputs
 from .head_rows import head_rows
@@ -348,6 +349,7 @@ class DiffusionGemmaAdapter(Adapter):
         commit_step = [-1] * inputs.gen_length
         last_logits = None
         n_canvases = inputs.gen_length // size
+        progress.expect("denoising", n_canvases * steps)  # an upper bound: a stable canvas stops early
         for c in range(n_canvases):
             start = a0 + c * size
             cache = self._encode(inputs, x[None, :start])
@@ -356,6 +358,7 @@ class DiffusionGemmaAdapter(Adapter):
             argmaxes: list[torch.Tensor] = []
             first = len(record)
             for i in range(steps):
+                progress.advance("denoising")
                 remaining = steps - i  # the schedule counts remaining steps, N..1
                 tag = len(record)
                 seq = x.clone()

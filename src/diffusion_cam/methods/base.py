@@ -197,7 +197,7 @@ class ExplanationMethod(ABC):
 
     def explain(self, image: Any, prompt: str, *, targets: Sequence[int | str] | int | str | None = None,
                 gen_length: int | None = None, faithfulness: bool | str = False,
-                answer: str | None = None) -> Explanation:
+                answer: str | None = None, progress: bool = False) -> Explanation:
         """Generate an answer to ``prompt`` about ``image`` and explain its tokens.
 
         ``answer``: explain this answer instead of generating one (e.g. a
@@ -210,7 +210,17 @@ class ExplanationMethod(ABC):
         ``"blur"``, ``"mean"``, ``"road"`` for what removed patches show),
         kept in :attr:`Explanation.faithfulness`.  It costs 20 forwards per
         token, batched.
+
+        ``progress``: show bars (on stderr) over the denoising steps and the
+        batched backwards.
         """
+        from ..progress import reporting
+
+        with reporting(progress):
+            return self._explain(image, prompt, targets, gen_length, faithfulness, answer)
+
+    def _explain(self, image: Any, prompt: str, targets: Sequence[int | str] | int | str | None,
+                 gen_length: int | None, faithfulness: bool | str, answer: str | None) -> Explanation:
         replacement = "blur" if faithfulness is True else faithfulness
         if replacement and replacement not in REPLACEMENTS:  # before the model runs, not after
             raise UnknownNameError(f"unknown replacement {replacement!r}; choose one of {', '.join(REPLACEMENTS)}")
