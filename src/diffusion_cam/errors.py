@@ -54,6 +54,10 @@ class OutputError(DiffusionCamError):
     """Results cannot be written where the user asked."""
 
 
+class LaunchError(DiffusionCamError):
+    """Several processes were started without the rank information that shares the work among them."""
+
+
 class ResourceError(DiffusionCamError, MemoryError):
     """Memory ran out; the message says in which step and what would need less of it."""
 
