@@ -7,6 +7,7 @@ resident memory (``wait4``'s ``ru_maxrss``) and the bytes it wrote:
 
 Cases (built-in ``shapes-tiny`` model, CPU):
 
+* a 96 x 96 picture: what the model and the libraries take;
 * a 4000 x 3000 photo-like picture (a shapes scene enlarged, with pixel
   noise so that it compresses like a photo), the model's own answer;
 * a 640 x 480 picture with a 64-token answer, every token explained; the
@@ -71,6 +72,7 @@ def main() -> None:
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_big_image_"))
     root.mkdir(parents=True, exist_ok=True)
     cases = [
+        ("96x96, own answer", (96, 96, 0), []),  # the model and libraries alone, to subtract
         ("4000x3000, own answer", (4000, 3000, 0), []),
         ("640x480, 64 tokens", (640, 480, 1), ["--model", "tiny-random", "--gen-length", "64", "--steps", "64"]),
     ]

@@ -256,12 +256,14 @@ def shift_logits(logits: torch.Tensor, shift: int) -> torch.Tensor:
 def _import(module: str, family: str, where: str):
     import importlib
 
+    from .recipes import missing_hint
+
     try:
         return importlib.import_module(module)
     except ImportError as err:
         raise ModelLoadError(
             f"{family} needs the `{module}` package from {where} on the Python path ({err.msg}); "
-            "install that repository's code, then retry"
+            f"install that repository's code, then retry. {missing_hint(family)}"
         ) from None
 
 
@@ -318,8 +320,10 @@ def load_components(spec: Any, name: str, *, allow_pickle: bool = False, torch_d
         raise
     except ImportError as err:
         # e.g. LLaDA-V's loader always loads with low_cpu_mem_usage, which needs accelerate
+        from .recipes import missing_hint
+
         raise ModelLoadError(f"cannot load {spec.family} checkpoint {name!r}: the family's code needs a package that "
-                             f"is not installed ({err})") from None
+                             f"is not installed ({err}). {missing_hint(spec.family)}") from None
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
         raise ModelLoadError(f"cannot load {spec.family} checkpoint {name!r} from {path}: {err}") from None
     raise ModelLoadError(f"family {spec.name!r} names an unknown loader {kind!r}")
