@@ -14,8 +14,8 @@ from ..errors import ImageLoadError
 
 #: host memory an explanation needs per input pixel, beyond the model's own: the decoded picture,
 #: its RGB array and the resized copies made from it (the maps stay at grid resolution).  Measured
-#: with benchmarks/bench_big_image.py: a 4000 x 3000 picture peaks about 180 MB (15 B/px) above a
-#: 96 x 96 one
+#: with benchmarks/bench_big_image.py on shapes-tiny: a 4000 x 3000 picture peaks 119 MB (10 B/px)
+#: above a 96 x 96 one; 16 leaves room for adapters that keep more copies
 BYTES_PER_PIXEL = 16
 #: images above this many pixels are refused before decoding (decompression-bomb guard):
 #: 64 million pixels imply about 1 GB (BYTES_PER_PIXEL each)
