@@ -9,7 +9,8 @@ Cases (built-in ``shapes-tiny`` model, CPU):
 
 * a 96 x 96 picture: what the model and the libraries take;
 * a 4000 x 3000 photo-like picture (a shapes scene enlarged, with pixel
-  noise so that it compresses like a photo), the model's own answer;
+  noise so that it compresses like a photo), the model's own answer, and a
+  given 15-word answer (memory should not grow with the words);
 * a 640 x 480 picture with a 64-token answer, every token explained; the
   built-in model's context holds no 64-token answer, so this case runs the
   test model ``tiny-random`` (``--gen-length 64 --steps 64``).
@@ -74,11 +75,13 @@ def main() -> None:
     cases = [
         ("96x96, own answer", (96, 96, 0), []),  # the model and libraries alone, to subtract
         ("4000x3000, own answer", (4000, 3000, 0), []),
+        ("4000x3000, 15 given words", (4000, 3000, 0),
+         ["--answer", "a red circle and a blue square and a green triangle and a purple cross"]),
         ("640x480, 64 tokens", (640, 480, 1), ["--model", "tiny-random", "--gen-length", "64", "--steps", "64"]),
     ]
     print(f"{'case':<26} {'tokens':>6} {'peak RSS':>10} {'result+maps':>12} {'with pictures':>14} {'time':>7}")
     for name, image, extra in cases:
-        slug = name.split(",")[0]
+        slug = name.replace(", ", "-").replace(" ", "-")
         path = root / f"{slug}.png"
         subprocess.run([sys.executable, __file__, "--make", str(path), *map(str, image)], check=True)
         for pictures in (False, True):
