@@ -23,14 +23,10 @@ sampler, checks the image layout against what the family's code produces,
 and explains the answer with Diffusion-CAM: every map must be finite and
 non-empty.
 
-    git clone https://github.com/ML-GSAI/LLaDA-V
-    git clone https://github.com/jacklishufan/LaViDa
-    git clone https://github.com/Gen-Verse/MMaDA
-    git clone https://github.com/Alpha-VLLM/Lumina-DiMOO
-    git clone https://github.com/yu-rp/Dimple
-    pip install "transformers==4.46.3" einops accelerate   # their code predates transformers 5
-    pip install --no-deps deepspeed hjson ninja py-cpuinfo msgpack   # LaViDa imports deepspeed
-    pip install --no-deps diffusers==0.31.0 omegaconf antlr4-python3-runtime==4.9.3 jaxtyping wadler_lindig  # MMaDA
+Each family runs in its own environment with transformers 4.46.3; ``--help``
+prints the install lines of every family (``diffusion_cam.adapters.recipes``,
+also in docs/models.md). Then:
+
     python benchmarks/verify_family_code.py --family llada-v --repo LLaDA-V/train
     python benchmarks/verify_family_code.py --family lavida --repo LaViDa
     python benchmarks/verify_family_code.py --family mmada --repo MMaDA
@@ -286,7 +282,14 @@ def check_head_rows(adapter, run) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from diffusion_cam.adapters.recipes import FAMILY_TRANSFORMERS, recipe_text
+
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Each family's code runs in its own environment with transformers=={FAMILY_TRANSFORMERS} "
+               "(not the transformers 5 of the hf extra). Make it in a diffusion-cam checkout with:\n\n"
+               + recipe_text() + "\n\nthen run, e.g.: python benchmarks/verify_family_code.py --family llada-v "
+               "--repo LLaDA-V/train")
     ap.add_argument("--family", choices=sorted(FAMILIES), required=True)
     ap.add_argument("--repo", required=True, help="the folder holding the family's package "
                                                   "(LLaDA-V: its train/ folder; the others: the clone)")

@@ -31,8 +31,11 @@ def test_explain_writes_result_maps_pictures_and_metrics(tmp_path, capsys):
     assert result["settings"]["akd_border"] == "reflect101"  # tiny-random keeps the reference's border
     assert [t["index"] for t in result["tokens"]] == list(range(len(result["tokens"])))
     assert result["metrics"]["mode"] == "max_class" and len(result["metrics"]["per_token"]) == len(result["tokens"])
-    with np.load(out / "maps.npz") as npz:
-        assert npz["maps"].dtype == np.float32 and npz["maps"].shape == (len(result["tokens"]), 48, 48)
+    with np.load(out / "maps.npz") as npz:  # maps are stored at grid resolution, placed by their boxes
+        assert npz["grid_maps"].dtype == np.float32 and npz["grid_maps"].shape[0] == len(result["tokens"])
+        assert npz["grid_boxes"].shape == (1, 4) and list(npz["image_size"]) == [48, 48]
+    maps = dc.Explanation.load(out).maps
+    assert maps.dtype == np.float32 and maps.shape == (len(result["tokens"]), 48, 48)
     for name in ("grid.png", "trajectory.gif", "report.html"):
         assert (out / name).stat().st_size > 0
 

@@ -58,6 +58,14 @@ class ProfileError(DiffusionCamError):
     """A calibration profile is unreadable, names an unknown setting or belongs to another model."""
 
 
+class LaunchError(DiffusionCamError):
+    """Several processes were started without the rank information that shares the work among them."""
+
+
+class ResourceError(DiffusionCamError, MemoryError):
+    """Memory ran out; the message says in which step and what would need less of it."""
+
+
 class DegenerateMapWarning(UserWarning):
     """A map had no positive evidence (all-zero or non-finite gradients) and is reported as zeros."""
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import progress
 from .adapters.base import Adapter, GenerationConfig, ModelInputs
 from .errors import DiffusionCamError, GenerationError
 
@@ -184,6 +185,7 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
     commit_step = [-1] * gen_len
     stops = sorted(adapter.stop_token_ids) if cfg.stop_early else []
     stop = None  # with stop_early: absolute position of the earliest committed stop token
+    progress.expect("denoising", steps)
     for b in range(n_blocks):
         if stop is not None:
             break  # every position before the stop is committed
@@ -208,6 +210,7 @@ def llada_generate(adapter: Adapter, inputs: ModelInputs, config: GenerationConf
             if step == steps_per_block - 1:
                 k = n_left
             before = x.clone()
+            progress.advance("denoising")
             # only the open positions can be committed: a real model's (L, vocab) logits are
             # gigabytes in float32, so the forward projects and everything below reads that window only
             logits = adapter.forward_at(inputs, x[None], range(open_lo, open_hi))[0].float()

@@ -198,7 +198,7 @@ def _colorbar(cmap: str) -> dict[str, str]:
 def token_data_uri(exp: "Explanation", row: int, cmap: str = DEFAULT_CMAP, alpha: float = DEFAULT_ALPHA,
                    raw: bool = False) -> str:
     """The inlined overlay the report shows for explained word ``row``."""
-    return image_data_uri(overlay(exp.image, (exp.raw_maps if raw else exp.maps)[row], cmap, alpha))
+    return image_data_uri(overlay(exp.image, exp.map(row, raw=raw), cmap, alpha))
 
 
 def _rows(result: Any, n: int) -> list[dict[str, Any]]:
@@ -217,7 +217,8 @@ def _per_token_metrics(exp: "Explanation") -> list[dict[str, Any]]:
 
 def explanation_data(exp: "Explanation", cmap: str = DEFAULT_CMAP, alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
     """What the report's script needs: words, their maps as data URIs, the denoising steps."""
-    has_raw = exp.raw_maps.shape == exp.maps.shape and not np.array_equal(exp.raw_maps, exp.maps)
+    exp = exp.for_display()
+    has_raw = exp.raw_differs()
     per_token = _per_token_metrics(exp)
     tokens = []
     for row, text in enumerate(exp.tokens):

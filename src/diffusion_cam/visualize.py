@@ -259,16 +259,16 @@ def grid_image(exp: "Explanation", compare_raw: bool = False, cmap: str = DEFAUL
     cell_w = max(pic.width, 160) + 12
     pic_h = pic.height
     # one column per group; a group is one panel, or a raw panel above a refined one
-    groups: list[list[_Panel]] = [[_Panel(pic, "image", f"{exp.image.shape[1]}×{exp.image.shape[0]} px")]]
+    groups: list[list[_Panel]] = [[_Panel(pic, "image", f"{exp.image_size[1]}×{exp.image_size[0]} px")]]
     if compare_raw:
         groups[0].append(_Panel(None))
     for row, token in enumerate(exp.tokens):
         word = f"{exp.token_indices[row] if row < len(exp.token_indices) else row}: {word_label(token)}"
         sub = _token_subtitle(exp, row)
         warn = "no evidence" if row < len(exp.degenerate) and exp.degenerate[row] else ""
-        refined = _resize(overlay(exp.image, exp.maps[row], cmap, alpha), scale)
+        refined = _resize(overlay(exp.image, exp.map(row), cmap, alpha), scale)
         if compare_raw:
-            raw = _resize(overlay(exp.image, exp.raw_maps[row], cmap, alpha), scale)
+            raw = _resize(overlay(exp.image, exp.map(row, raw=True), cmap, alpha), scale)
             groups.append([_Panel(raw, word, "raw"), _Panel(refined, word, "refined · " + sub, warn)])
         else:
             groups.append([_Panel(refined, word, sub, warn)])
@@ -348,8 +348,7 @@ def step_map(exp: "Explanation", committed: Sequence[int], raw: bool = False) ->
     rows = [exp.token_indices.index(p) for p in committed if p in exp.token_indices]
     if not rows:
         return None
-    maps = exp.raw_maps if raw else exp.maps
-    return np.max(maps[rows], axis=0)
+    return np.max([exp.map(r, raw=raw) for r in rows], axis=0)
 
 
 def _chip_layout(font, words: Sequence[str], width: int) -> tuple[list[tuple[int, int, int]], int]:
@@ -445,6 +444,7 @@ def write_pictures(exp: "Explanation", out_dir: str | Path, compare_raw: bool = 
 
     out = Path(out_dir)
     colormap_lut(cmap)  # fail on a bad colour map before writing anything
+    exp = exp.for_display()  # a photo's maps are drawn at picture size, not at its full resolution
     if not 0.0 <= float(alpha) <= 1.0:
         raise VisualizationError(f"overlay opacity alpha must lie in [0, 1], got {alpha}")
     written: list[str] = []
@@ -454,7 +454,7 @@ def write_pictures(exp: "Explanation", out_dir: str | Path, compare_raw: bool = 
             if OVERLAY_PATTERN.match(old.name) and old.is_file():
                 old.unlink()
         for row, name in enumerate(overlay_filenames(exp.tokens)):
-            Image.fromarray(overlay(exp.image, exp.maps[row], cmap, alpha)).save(out / name)
+            Image.fromarray(overlay(exp.image, exp.map(row), cmap, alpha)).save(out / name)
             written.append(name)
         grid_image(exp, compare_raw=compare_raw, cmap=cmap, alpha=alpha).save(out / GRID_FILE)
         written.append(GRID_FILE)

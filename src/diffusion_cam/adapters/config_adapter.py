@@ -500,8 +500,8 @@ class ConfigAdapter(Adapter):
 
 # ------------------------------------------------------------------ loading
 def load_family(spec: FamilySpec, name: str, *, trust_remote_code: bool = False, allow_pickle: bool = False,
-                torch_dtype: Any = None, **options: Any) -> Adapter:
-    """Load checkpoint ``name`` (hub id or folder) of the family ``spec``."""
+                torch_dtype: Any = None, device_map: str | None = None, **options: Any) -> Adapter:
+    """Load checkpoint ``name`` (hub id or folder) of the family ``spec`` (``device_map``: accelerate's placement)."""
     if spec.trust_remote_code and not trust_remote_code:
         raise ModelLoadError(
             f"{spec.family} runs model code that ships with the checkpoint or its repository, not with this library; "
@@ -510,10 +510,12 @@ def load_family(spec: FamilySpec, name: str, *, trust_remote_code: bool = False,
     if spec.loader == "diffusion_gemma":
         from .diffusion_gemma import load_diffusion_gemma
 
-        return load_diffusion_gemma(name, allow_pickle=allow_pickle, torch_dtype=torch_dtype, **options)
+        return load_diffusion_gemma(name, allow_pickle=allow_pickle, torch_dtype=torch_dtype, device_map=device_map,
+                                    **options)
     if options:
         raise TypeError(f"unknown option(s) for {spec.family}: {', '.join(sorted(options))}")
-    components = fam.load_components(spec, name, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
+    components = fam.load_components(spec, name, allow_pickle=allow_pickle, torch_dtype=torch_dtype,
+                                     device_map=device_map)
     return ConfigAdapter(spec, components, name=name)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import progress
 from ..errors import ExtractionError, InfeasibleStateError, ModelLoadError, PromptError, TargetError
 from .base import Adapter, GenerationConfig, ImageGrid, ModelInputs
 from .head_rows import head_rows
@@ -348,6 +349,7 @@ class DiffusionGemmaAdapter(Adapter):
         commit_step = [-1] * inputs.gen_length
         last_logits = None
         n_canvases = inputs.gen_length // size
+        progress.expect("denoising", n_canvases * steps)  # an upper bound: a stable canvas stops early
         for c in range(n_canvases):
             start = a0 + c * size
             cache = self._encode(inputs, x[None, :start])
@@ -356,6 +358,7 @@ class DiffusionGemmaAdapter(Adapter):
             argmaxes: list[torch.Tensor] = []
             first = len(record)
             for i in range(steps):
+                progress.advance("denoising")
                 remaining = steps - i  # the schedule counts remaining steps, N..1
                 tag = len(record)
                 seq = x.clone()
@@ -443,9 +446,14 @@ class DiffusionGemmaAdapter(Adapter):
 
 
 def load_diffusion_gemma(name: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
-                         torch_dtype: str | torch.dtype | None = None, seed: int = 0, **sampler: Any) -> DiffusionGemmaAdapter:
-    """Load a DiffusionGemma checkpoint (hub id or local folder) into an adapter."""
-    from .hub import require_transformers, resolve_checkpoint
+                         torch_dtype: str | torch.dtype | None = None, device_map: str | None = None, seed: int = 0,
+                         **sampler: Any) -> DiffusionGemmaAdapter:
+    """Load a DiffusionGemma checkpoint (hub id or local folder) into an adapter.
+
+    ``device_map="auto"`` loads the weights straight onto the GPUs (a 26 B
+    checkpoint would otherwise pass through ~52 GB of host memory in bf16).
+    """
+    from .hub import loading_options, require_transformers, resolve_checkpoint
 
     path = resolve_checkpoint(name, allow_pickle=allow_pickle)
     transformers = require_transformers("DiffusionGemma", "5.13")
@@ -454,7 +462,8 @@ def load_diffusion_gemma(name: str, *, allow_pickle: bool = False, trust_remote_
             f"transformers {transformers.__version__} has no DiffusionGemmaForBlockDiffusion: "
             "DiffusionGemma needs transformers>=5.13 (pip install 'diffusion-cam[hf]')"
         )
-    kwargs: dict[str, Any] = {"use_safetensors": None if allow_pickle else True}
+    kwargs: dict[str, Any] = {"use_safetensors": None if allow_pickle else True,
+                              **loading_options(device_map, transformers)}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     try:

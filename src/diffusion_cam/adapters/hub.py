@@ -26,6 +26,30 @@ def require_transformers(family: str, minimum: str | None = None):
     return transformers
 
 
+def loading_options(device_map: str | None, transformers_module) -> dict:
+    """``from_pretrained`` options that keep a big checkpoint out of host memory.
+
+    ``low_cpu_mem_usage`` (transformers 4: build the model empty and fill it
+    shard by shard; transformers 5 always loads so and no longer takes the
+    option) and, when asked, ``device_map`` (weights go straight to the GPUs).
+    Both need accelerate under transformers 4, ``device_map`` under 5 too.
+    """
+    major = int(str(transformers_module.__version__).split(".")[0])
+    options: dict = {}
+    if major < 5 or device_map is not None:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            if device_map is not None:
+                raise ModelLoadError(f"device_map={device_map!r} needs accelerate: pip install accelerate") from None
+            return options  # transformers 4 without accelerate loads the plain way
+    if major < 5:
+        options["low_cpu_mem_usage"] = True
+    if device_map is not None:
+        options["device_map"] = device_map
+    return options
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 

@@ -256,22 +256,26 @@ def shift_logits(logits: torch.Tensor, shift: int) -> torch.Tensor:
 def _import(module: str, family: str, where: str):
     import importlib
 
+    from .recipes import missing_hint
+
     try:
         return importlib.import_module(module)
     except ImportError as err:
         raise ModelLoadError(
             f"{family} needs the `{module}` package from {where} on the Python path ({err.msg}); "
-            "install that repository's code, then retry"
+            f"install that repository's code, then retry. {missing_hint(family)}"
         ) from None
 
 
-def load_components(spec: Any, name: str, *, allow_pickle: bool = False, torch_dtype: Any = None) -> dict[str, Any]:
+def load_components(spec: Any, name: str, *, allow_pickle: bool = False, torch_dtype: Any = None,
+                    device_map: str | None = None) -> dict[str, Any]:
     """Load model, tokenizer and image encoder of a family; returns the adapter's components."""
-    from .hub import require_transformers, resolve_checkpoint
+    from .hub import loading_options, require_transformers, resolve_checkpoint
 
     path = resolve_checkpoint(name, allow_pickle=allow_pickle)
     transformers = require_transformers(spec.family)
-    weights = {"use_safetensors": None if allow_pickle else True}
+    placement = loading_options(device_map, transformers)
+    weights = {"use_safetensors": None if allow_pickle else True, **placement}
     if torch_dtype is not None:
         weights["torch_dtype"] = torch_dtype
     kind = spec.loader
@@ -283,8 +287,10 @@ def load_components(spec: Any, name: str, *, allow_pickle: bool = False, torch_d
             # other dtypes load as bfloat16 and load_model() converts them afterwards
             asked = None if torch_dtype is None else str(torch_dtype).removeprefix("torch.")
             dtype = {} if asked is None else {"torch_dtype": "float16" if asked == "float16" else "bfloat16"}
+            # the LLaVA builder always loads with low_cpu_mem_usage and takes a device_map of its own
+            where = {"device_map": placement["device_map"]} if "device_map" in placement else {}
             tokenizer, model, image_processor, _ = builder.load_pretrained_model(
-                path, None, "llava_llada", attn_implementation="sdpa", **dtype, **spec.loader_kwargs)
+                path, None, "llava_llada", attn_implementation="sdpa", **dtype, **where, **spec.loader_kwargs)
 
             def image_fn(images):
                 pixels = mm_utils.process_images(images, image_processor, model.config)
@@ -314,8 +320,10 @@ def load_components(spec: Any, name: str, *, allow_pickle: bool = False, torch_d
         raise
     except ImportError as err:
         # e.g. LLaDA-V's loader always loads with low_cpu_mem_usage, which needs accelerate
+        from .recipes import missing_hint
+
         raise ModelLoadError(f"cannot load {spec.family} checkpoint {name!r}: the family's code needs a package that "
-                             f"is not installed ({err})") from None
+                             f"is not installed ({err}). {missing_hint(spec.family)}") from None
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
         raise ModelLoadError(f"cannot load {spec.family} checkpoint {name!r} from {path}: {err}") from None
     raise ModelLoadError(f"family {spec.name!r} names an unknown loader {kind!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import UnknownNameError
+from ..errors import ModelLoadError, UnknownNameError
 from .base import Adapter
 
 
@@ -47,15 +47,32 @@ def available_models() -> list[ModelEntry]:
 def load_model(name: str = "shapes-tiny", **options: Any) -> Adapter:
     """Return an adapter for ``name``: a built-in model, or an id/path a family loader accepts.
 
-    ``device`` and ``dtype`` move the loaded model; other options go to the loader.
+    ``device`` and ``dtype`` move the loaded model (``"auto"``: see
+    :mod:`diffusion_cam.devices`); ``device_map="auto"`` instead loads a
+    hub/path checkpoint across the available devices with accelerate.
+    Other options go to the loader.
     Hub/path loaders receive ``dtype`` as ``torch_dtype`` so that large
     checkpoints are read in half precision instead of being cast after a
     full-precision load.
     """
+    from ..devices import resolve_device, resolve_dtype
+
     device = options.pop("device", None)
     dtype = options.pop("dtype", None)
+    if device == "auto":
+        device = resolve_device(device)
+    if dtype == "auto":
+        dtype = resolve_dtype(dtype, device or "cpu")
+    device_map = options.pop("device_map", None)
+    if device_map is not None:
+        if device is not None:
+            raise ModelLoadError("device_map places the weights itself: give device_map or device, not both")
+        options["device_map"] = device_map
     adapter = None
     if name in _MODELS:
+        if device_map is not None:
+            raise ModelLoadError(f"device_map is for checkpoints loaded with transformers; {name!r} is built in "
+                                   "and fits one device: use device instead")
         adapter = _MODELS[name].loader(**options)
     else:
         for resolver in _RESOLVERS:

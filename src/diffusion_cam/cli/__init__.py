@@ -76,14 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {_one_line(err)}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, MemoryError) else 2  # running out of memory keeps its own status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except MemoryError:
         if debug:
             raise
-        print("error: out of memory; try a smaller --chunk-size or fewer tokens", file=sys.stderr)
+        print("error: out of memory; try --dtype bfloat16, a smaller --chunk-size or fewer --targets", file=sys.stderr)
         return 1
     except Exception as err:  # an unexpected failure still gets one line; --debug shows the traceback
         if debug:

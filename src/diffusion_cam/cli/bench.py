@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
         "bench", help="benchmark explanation methods on a dataset (resumable, data-parallel)",
         description="Run methods x items, score every answer word against its ground-truth mask and write "
                     "table.md / table.csv / table.json. Rerun the same command to resume a killed run; launch "
-                    "it with torchrun --nproc_per_node N (or accelerate launch) to shard items over processes.")
+                    "it with torchrun --nproc_per_node N, accelerate launch, srun (SLURM) or mpirun to shard items "
+                    "over processes; several nodes share one --out on a shared file system.")
     p.add_argument("--out", required=True, help="run directory (results/*.jsonl, tables; rerun to resume)")
     p.add_argument("--merge", action="store_true",
                    help="only build the tables from the results already in --out (e.g. after a sharded run)")
@@ -130,8 +131,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rank, world, local = dist_env()
     out = prepare_output(args.out)
-    if world > 1 and args.device and args.device.startswith("cuda") and ":" not in args.device:
-        args.device = f"cuda:{local}"  # one GPU per process
+    from ..devices import resolve_device
+
+    args.device = resolve_device(args.device)
+    if world > 1 and args.device == "cuda" and not args.device_map:
+        import torch
+
+        # one GPU per process; a launcher that binds one GPU to each task (srun --gpus-per-task) leaves one visible
+        count = torch.cuda.device_count()
+        if count > 1:
+            args.device = f"cuda:{local % count}"
     adapter = load_adapter(args)
     if args.profile:  # refused now, before any item runs, if it is unreadable or for another model
         from ..calibration import load_profile

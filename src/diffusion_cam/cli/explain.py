@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="diffusion_cam_out",
                    help="output directory (default: ./diffusion_cam_out); with several images, one folder per image in it")
     p.add_argument("--no-pictures", action="store_true", help="write only result.json and maps.npz")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (shown by default on a terminal, over denoising steps and backward chunks)")
     p.add_argument("--compare-raw", action="store_true", help="show raw next to refined maps in grid.png")
     p.add_argument("--mask", default=None, metavar="PNG",
                    help="ground-truth label image (0 = background) or binary mask: adds localisation metrics "
@@ -166,8 +168,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask):
+    import sys
+
     exp = method.explain(image, args.prompt, targets=_targets(args.targets), faithfulness=args.faithfulness or False,
-                         answer=args.answer)
+                         answer=args.answer, progress=not args.quiet and sys.stderr.isatty())
     if mask is not None:
         exp.evaluate(mask)
     exp.save(out)

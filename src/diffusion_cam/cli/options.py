@@ -69,9 +69,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", default=None,
                    help="with a family file as --model: the checkpoint folder or hub id to load with it "
                         "(default: the file's first hub id)")
-    g.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
-    g.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="model weights dtype; CAM arithmetic is always float32")
+    g.add_argument("--device", default="auto",
+                   help="torch device, e.g. cpu, cuda, cuda:1, mps; auto (default): CUDA, then Apple MPS, else CPU")
+    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="model weights dtype; auto (default): bfloat16 on a GPU that supports it, else float32 "
+                        "(the built-in models always float32); CAM arithmetic is always float32")
+    g.add_argument("--device-map", default=None, choices=("auto",),
+                   help="spread a large checkpoint over the GPUs (and the CPU when they are full) with accelerate's "
+                        "device_map='auto', loading it straight onto them instead of into host memory first")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow model families whose code ships with the checkpoint to run it")
     g.add_argument("--allow-pickle", action="store_true",
@@ -173,11 +178,18 @@ def method_name(args: argparse.Namespace) -> str:
 def load_adapter(args: argparse.Namespace):
     from ..adapters import load_model
 
+    from ..adapters import available_models
+    from ..devices import resolve_device, resolve_dtype
+
+    builtin = {key for e in available_models() for key in (e.name, *e.aliases)}
     options = {}
-    if args.device:
-        options["device"] = args.device
-    if args.dtype:
-        options["dtype"] = args.dtype
+    device = resolve_device(args.device)
+    if getattr(args, "device_map", None):
+        options["device_map"] = args.device_map  # the device map places the weights; nothing to move
+    else:
+        options["device"] = device
+    # the built-in models are trained and measured in float32 (half precision empties some of their maps)
+    options["dtype"] = resolve_dtype("float32" if args.dtype == "auto" and args.model in builtin else args.dtype, device)
     if args.trust_remote_code:
         options["trust_remote_code"] = True
     if getattr(args, "allow_pickle", False):

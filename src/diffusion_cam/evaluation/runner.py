@@ -6,9 +6,10 @@ refinement modules (the ablation) also share one raw-map computation.  Each
 (item, method) result is appended to a JSON-lines shard as soon as it is
 known, so a killed run restarted with the same command resumes where it
 stopped and ends with the same records as an uninterrupted run.  Items are
-sharded across processes by ``RANK`` / ``WORLD_SIZE`` (``torchrun``,
-``accelerate launch``); every process writes its own shard and rank 0 builds
-the tables once all are done.
+sharded across processes by the launcher's ranks (``torchrun``,
+``accelerate launch``, SLURM's ``srun``, MPI: :mod:`.launch`); every process
+writes its own shard and rank 0 builds the tables once all are done (with a
+launcher that gives no meeting point, ``bench --merge`` afterwards).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..methods import get_method
 from ..methods.base import ExplanationMethod, Run
 from ..refine import MODULES
 from .datasets import Dataset, Item, Unit
+from .launch import resolve_launch
 from .records import ShardWriter, clean, read_records, shard_path
 
 CONFIG_FILE = "bench.json"
@@ -121,16 +123,13 @@ class BenchConfig:
 
 
 def dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the launcher's environment (1 process without one)."""
-    try:
-        rank = int(os.environ.get("RANK", 0))
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        local = int(os.environ.get("LOCAL_RANK", rank))
-    except ValueError as err:
-        raise UnknownNameError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers: {err}") from None
-    if world < 1 or not 0 <= rank < world:
-        raise UnknownNameError(f"RANK={rank} is not within WORLD_SIZE={world}")
-    return rank, world, local
+    """(rank, world size, local rank) from the launcher's environment (1 process without one).
+
+    torchrun / accelerate launch, SLURM's srun and MPI are read; a launch of
+    several processes without their ranks is refused (:mod:`.launch`).
+    """
+    launch = resolve_launch()
+    return launch.rank, launch.world, launch.local
 
 
 def wait_for_all(world: int) -> bool:

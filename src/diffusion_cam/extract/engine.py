@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .. import progress
 from ..adapters.base import Adapter, ImageGrid, ModelInputs
 from ..errors import ExtractionError, InfeasibleStateError
 from .gradients import batched_vjp
@@ -108,6 +109,7 @@ def _expanded(forward, layers, score_fn, chunk_size, blocks, grids, k, adapter) 
     parts: dict[tuple[int, int], list[torch.Tensor]] = {}
     hidden_of: dict[tuple[int, int], torch.Tensor] = {}
     scores_all = []
+    progress.expect("backward", -(-k // chunk_size))
     for start in range(0, k, chunk_size):
         n = min(chunk_size, k - start)
         with torch.enable_grad(), ActivationRecorder(blocks, layers, adapter.unwrap, expand=n) as rec:
@@ -125,6 +127,7 @@ def _expanded(forward, layers, score_fn, chunk_size, blocks, grids, k, adapter) 
             parts.setdefault(key, []).append(torch.zeros_like(h) if g is None else g[:, None])
             hidden_of.setdefault(key, h[:1].detach())
         scores_all.append(scores.detach())
+        progress.advance("backward")
     by_key = {key: (hidden_of[key], torch.cat(parts[key])) for key in parts}
     return _cut_all(layers, grids, by_key, torch.cat(scores_all))
 

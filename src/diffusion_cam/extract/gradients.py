@@ -8,6 +8,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .. import progress
+
 SCORES = ("logit", "logprob", "logodds", "contrastive", "vocab_sum")
 
 
@@ -78,6 +80,7 @@ def batched_vjp(scores: torch.Tensor, inputs: Sequence[torch.Tensor], chunk_size
     chunk_size = max(1, int(chunk_size))
     eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
     parts: list[list[torch.Tensor]] = [[] for _ in inputs]
+    progress.expect("backward", -(-k // chunk_size))
     for start in range(0, k, chunk_size):
         rows = eye[start : start + chunk_size]
         grads = None
@@ -101,4 +104,5 @@ def batched_vjp(scores: torch.Tensor, inputs: Sequence[torch.Tensor], chunk_size
             ]
         for i, (g, x) in enumerate(zip(grads, inputs)):
             parts[i].append(g if g is not None else torch.zeros((rows.shape[0], *x.shape), dtype=x.dtype, device=x.device))
+        progress.advance("backward")
     return [torch.cat(p) for p in parts]

@@ -12,9 +12,31 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageLoadError
 
-#: images above this many pixels are refused before decoding (decompression-bomb guard)
+#: host memory an explanation needs per input pixel, beyond the model's own: the decoded picture,
+#: its RGB array and the resized copies made from it (the maps stay at grid resolution).  Measured
+#: with benchmarks/bench_big_image.py on shapes-tiny: a 4000 x 3000 picture peaks 119 MB (10 B/px)
+#: above a 96 x 96 one; 16 leaves room for adapters that keep more copies
+BYTES_PER_PIXEL = 16
+#: images above this many pixels are refused before decoding (decompression-bomb guard):
+#: 64 million pixels imply about 1 GB (BYTES_PER_PIXEL each)
 MAX_PIXELS = 64_000_000
 MIN_SIDE = 2
+
+
+def available_memory() -> int | None:
+    """Bytes the host can still give (``MemAvailable``), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
 
 
 def _to_rgb_array(img: Image.Image, source: str) -> np.ndarray:
@@ -41,10 +63,17 @@ def _to_rgb_array(img: Image.Image, source: str) -> np.ndarray:
 def _check_size(height: int, width: int, source: str) -> None:
     if height < MIN_SIDE or width < MIN_SIDE:
         raise ImageLoadError(f"{source}: image is {width}x{height} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
-    if height * width > MAX_PIXELS:
+    pixels = height * width
+    if pixels > MAX_PIXELS:
         raise ImageLoadError(
-            f"{source}: image is {width}x{height} = {height * width:,} pixels, above the limit of "
-            f"{MAX_PIXELS:,}; downscale it first"
+            f"{source}: image is {width}x{height} = {pixels:,} pixels, above the limit of "
+            f"{MAX_PIXELS:,} (about {_gb(MAX_PIXELS * BYTES_PER_PIXEL)} of memory); downscale it first"
+        )
+    free = available_memory()
+    if free is not None and pixels * BYTES_PER_PIXEL > free:
+        raise ImageLoadError(
+            f"{source}: image is {width}x{height} pixels, which needs about {_gb(pixels * BYTES_PER_PIXEL)} of memory "
+            f"and this machine has {_gb(free)} available; downscale it or free memory"
         )
 
 
@@ -65,6 +94,7 @@ def load_image(image: Any) -> np.ndarray:
             raise ImageLoadError(f"{source}: is a directory, not an image file")
         if path.stat().st_size == 0:
             raise ImageLoadError(f"{source}: file is empty (0 bytes)")
+        width = height = 0
         try:
             with warnings.catch_warnings():
                 # our own MAX_PIXELS check below refuses big images; PIL's bomb warning would only add noise
@@ -76,6 +106,9 @@ def load_image(image: Any) -> np.ndarray:
                     return _to_rgb_array(img, source)
         except ImageLoadError:
             raise
+        except MemoryError:
+            raise ImageLoadError(f"{source}: out of memory decoding the image ({width}x{height} pixels need about "
+                                 f"{_gb(width * height * BYTES_PER_PIXEL)}); downscale it or free memory") from None
         except Image.DecompressionBombError as err:  # PIL refuses at open above ~2x its own limit
             raise ImageLoadError(f"{source}: image is too large to decode safely ({err}); "
                                  f"the limit is {MAX_PIXELS:,} pixels, downscale it first") from None

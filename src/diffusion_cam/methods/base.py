@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
@@ -16,10 +17,9 @@ import numpy as np
 import torch
 
 from ..adapters.base import Adapter, GenerationConfig, ImageGrid, ModelInputs
-from ..errors import (DegenerateMapWarning, InfeasibleStateError, OutOfWorldWarning, PromptError, TargetError,
-                      UnknownNameError)
-from ..explanation import Explanation
-from ..extract import place_maps
+from ..errors import (DegenerateMapWarning, InfeasibleStateError, OutOfWorldWarning, PromptError, ResourceError,
+                      TargetError, UnknownNameError)
+from ..explanation import Explanation, GridView
 from ..generation import GenerationResult
 from ..io import load_image
 from ..metrics.faithfulness import REPLACEMENTS
@@ -54,6 +54,22 @@ def state_forwards(run: Run, indices: list[int], state: str) -> list[tuple["torc
     for i in indices:
         groups.setdefault(run.generation.commit_step[i], []).append(i)
     return [(run.generation.steps[s].sequence, members) for s, members in sorted(groups.items())]
+
+
+@contextmanager
+def memory_step(what: str, hint: str):
+    """Turn running out of memory during ``what`` into a :class:`ResourceError` that names the step and a remedy."""
+    try:
+        yield
+    except ResourceError:
+        raise
+    except MemoryError:
+        raise ResourceError(f"out of memory {what}; {hint}") from None
+    except RuntimeError as err:
+        # torch.cuda.OutOfMemoryError (and MPS's plain RuntimeError) without importing torch.cuda here
+        if type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower():
+            raise ResourceError(f"out of accelerator memory {what}; {hint}") from None
+        raise
 
 
 @dataclass
@@ -99,8 +115,11 @@ class ExplanationMethod(ABC):
         """Raw [0, 1] grid maps for the answer tokens at ``indices`` (answer order)."""
 
     def settings(self) -> dict[str, Any]:
+        from ..devices import describe
+
         return {
             "method": self.name,
+            **describe(self.adapter.model),  # where it ran: --device / --dtype auto pick these
             "modules": list(self.modules),
             "sicd_mode": self.sicd_mode,
             "akd_kernel": self.akd_kernel,
@@ -178,7 +197,7 @@ class ExplanationMethod(ABC):
 
     def explain(self, image: Any, prompt: str, *, targets: Sequence[int | str] | int | str | None = None,
                 gen_length: int | None = None, faithfulness: bool | str = False,
-                answer: str | None = None) -> Explanation:
+                answer: str | None = None, progress: bool = False) -> Explanation:
         """Generate an answer to ``prompt`` about ``image`` and explain its tokens.
 
         ``answer``: explain this answer instead of generating one (e.g. a
@@ -191,30 +210,49 @@ class ExplanationMethod(ABC):
         ``"blur"``, ``"mean"``, ``"road"`` for what removed patches show),
         kept in :attr:`Explanation.faithfulness`.  It costs 20 forwards per
         token, batched.
+
+        ``progress``: show bars (on stderr) over the denoising steps and the
+        batched backwards.
         """
+        from ..progress import reporting
+
+        with reporting(progress):
+            return self._explain(image, prompt, targets, gen_length, faithfulness, answer)
+
+    def _explain(self, image: Any, prompt: str, targets: Sequence[int | str] | int | str | None,
+                 gen_length: int | None, faithfulness: bool | str, answer: str | None) -> Explanation:
         replacement = "blur" if faithfulness is True else faithfulness
         if replacement and replacement not in REPLACEMENTS:  # before the model runs, not after
             raise UnknownNameError(f"unknown replacement {replacement!r}; choose one of {', '.join(REPLACEMENTS)}")
-        if answer is None:
-            run = self.generate(image, prompt, gen_length)
-        elif getattr(self, "state", "final") != "final":
+        if answer is not None and getattr(self, "state", "final") != "final":
             raise InfeasibleStateError(
                 f"a given answer was never denoised, so it has no {self.state!r} state to explain it from; "
                 "use state='final' (CLI: --state final, the default with --answer)")
-        else:
-            run = self.given(image, prompt, answer, gen_length)
+        with memory_step("while generating the answer",
+                         "try --dtype bfloat16 (half the weights' memory), a shorter --gen-length or a larger device"):
+            if answer is None:
+                run = self.generate(image, prompt, gen_length)
+            else:
+                run = self.given(image, prompt, answer, gen_length)
         # said before the maps are computed: with an answer that is likely meaningless, so are they
         doubt = self.adapter.out_of_world(run.inputs, run.generation if answer is None else None)
         if doubt:
             doubt = f"{doubt}; the answer is likely meaningless"
             warnings.warn(doubt, OutOfWorldWarning, stacklevel=2)
         indices = self.select(run, targets)
-        raw = self.compute(run, indices)
+        chunk = getattr(self, "chunk_size", None)
+        held = f", {chunk} per batched backward" if isinstance(chunk, int) else ""
+        with memory_step(f"in the backward passes of {len(indices)} token(s){held} over "
+                         f"{int(run.inputs.input_ids.shape[-1])} positions",
+                         "try a smaller --chunk-size (or 'auto'), fewer --targets or --dtype bfloat16"):
+            raw = self.compute(run, indices)
         exp = self.build(run, indices, raw)
         if doubt:
             exp.warnings.append(doubt)
         if replacement:
-            exp.faithfulness = self.faithfulness(run, exp, replacement)
+            with memory_step("measuring faithfulness (batches of perturbed images)",
+                             "leave out --faithfulness or use a smaller batch"):
+                exp.faithfulness = self.faithfulness(run, exp, replacement)
         return exp
 
     @staticmethod
@@ -282,8 +320,10 @@ class ExplanationMethod(ABC):
             token_ids=[run.answer_ids[i] for i in indices],
             token_indices=list(indices),
             steps=[run.generation.commit_step[i] for i in indices],
-            maps=place_maps(refined, raw.grids, size),
-            raw_maps=place_maps([m.astype(np.float32) for m in raw.grid_maps], raw.grids, size),
+            # kept at grid resolution: maps at image resolution are drawn when asked for
+            views=[GridView(r, m.astype(np.float32), tuple(float(v) for v in grid.region))
+                   for r, m, grid in zip(refined, raw.grid_maps, raw.grids) if grid.image_index == 0],
+            image_size=tuple(size),
             grid_maps=refined[0],
             raw_grid_maps=raw.grid_maps[0].astype(np.float32),
             image=run.inputs.images[0],
