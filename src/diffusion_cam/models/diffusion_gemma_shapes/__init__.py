@@ -1,11 +1,6 @@
 """``diffusion-gemma-shapes``: a stock ``DiffusionGemmaForBlockDiffusion`` trained on the Shapes world.
 
-The shipped folder ``weights/`` is an ordinary transformers checkpoint
-(config, safetensors, tokenizer, image processor, chat template): it loads
-with ``from_pretrained`` and is explained through the unchanged
-``DiffusionGemmaAdapter``, like a released checkpoint.
+``build`` makes its untrained parts (configuration, tokenizer, image
+processor) and ``train`` its recipe, which writes an ordinary transformers
+checkpoint folder; TRAINING.md says how far the recipe gets.
 """
-
-from pathlib import Path
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
