@@ -585,7 +585,8 @@ HOSTILE_TOKENS = ["../../x", "/abs", "con", "a\x00b", "w" * 500, "..", "", "nul.
 
 
 def test_token_text_never_escapes_the_output_directory(tmp_path):
-    visualize = pytest.importorskip("diffusion_cam.visualize")
+    from diffusion_cam import report
+
     n = len(HOSTILE_TOKENS)
     rgb = random_image(1)
     maps = np.random.default_rng(0).random((n, 48, 48)).astype(np.float32)
@@ -598,7 +599,7 @@ def test_token_text_never_escapes_the_output_directory(tmp_path):
     )
     out = tmp_path / "nested" / "out"
     out.mkdir(parents=True)
-    written = visualize.write_pictures(exp, out)
+    written = report.write_pictures(exp, out)
     root = out.resolve()
     everything = {p.resolve() for p in tmp_path.rglob("*") if p.is_file()}
     assert everything and all(root in p.parents for p in everything)  # nothing outside out/

@@ -65,7 +65,7 @@ def test_saved_file_holds_grids_and_a_display_copy_only(big, tmp_path):
 
 
 def test_pictures_are_drawn_at_display_size(big, tmp_path):
-    from diffusion_cam.visualize import write_pictures
+    from diffusion_cam.report import write_pictures
 
     written = write_pictures(big, tmp_path)
     overlays = [w for w in written if w.startswith("overlay")]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from diffusion_cam.report import token_data_uri
-from diffusion_cam.visualize import write_pictures
+from diffusion_cam.report import write_pictures
 
 from test_visualize import make_explanation  # tests/ is on sys.path (pytest rootdir import mode)
 

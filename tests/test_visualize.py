@@ -14,10 +14,10 @@ from PIL import Image, ImageSequence
 import diffusion_cam as dc
 from diffusion_cam.errors import DiffusionCamError, OutputError, TargetError, UnknownNameError
 from diffusion_cam.explanation import Explanation
-from diffusion_cam.report import bench_html, bench_report, explanation_data, script_json, summarize, token_data_uri
+from diffusion_cam.report import (bench_html, bench_report, explanation_data, script_json, summarize, token_data_uri,
+                                  write_pictures)
 from diffusion_cam.visualize import (OVERLAY_PATTERN, VisualizationError, colorize, colormap_lut, denoising_steps,
-                                     grid_image, overlay, overlay_filenames, safe_slug, trajectory_frames,
-                                     write_pictures)
+                                     grid_image, overlay, overlay_filenames, safe_slug, trajectory_frames)
 
 NASTY = ["../../etc/passwd", "<b>", "猫", "café", "", "  ", "CON", "a/b\\c", "x" * 300, "</script><script>alert(1)</script>"]
 
@@ -367,10 +367,10 @@ def test_bench_report_from_directory_and_given_summary(tmp_path):
 def test_show_in_a_notebook_uses_an_isolated_frame(exp, monkeypatch):
     import IPython.display as display_module  # in the test extras: this test must run, not skip
 
-    import diffusion_cam.visualize as vis
+    import diffusion_cam.report as rep
 
     shown = []
-    monkeypatch.setattr(vis, "_notebook_shell", lambda: object())
+    monkeypatch.setattr(rep, "_notebook_shell", lambda: object())
     monkeypatch.setattr(display_module, "display", shown.append)
     frame = exp.show()
     assert shown == [frame]
@@ -381,10 +381,10 @@ def test_show_in_a_notebook_uses_an_isolated_frame(exp, monkeypatch):
 def test_show_outside_a_notebook_opens_the_report(exp, monkeypatch):
     import webbrowser
 
-    import diffusion_cam.visualize as vis
+    import diffusion_cam.report as rep
 
     opened = []
-    monkeypatch.setattr(vis, "_notebook_shell", lambda: None)
+    monkeypatch.setattr(rep, "_notebook_shell", lambda: None)
     monkeypatch.setattr(webbrowser, "open", opened.append)
     path = exp.show()
     try:

@@ -289,7 +289,7 @@ class Explanation:
 
     def show(self, cmap: str = "jet", alpha: float = 0.5):
         """Show the interactive report inline in a notebook (elsewhere: in the web browser)."""
-        from .visualize import show
+        from .report import show
 
         return show(self, cmap=cmap, alpha=alpha)
 

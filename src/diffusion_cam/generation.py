@@ -9,13 +9,16 @@ with gradients enabled and get the same logits generation saw.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from . import progress
-from .adapters.base import Adapter, GenerationConfig, ModelInputs
 from .errors import DiffusionCamError, GenerationError
+
+if TYPE_CHECKING:  # annotations only: the adapters call this sampler, it does not need them loaded
+    from .adapters.base import Adapter, GenerationConfig, ModelInputs
 
 
 @dataclass

@@ -4,9 +4,11 @@ Everything here is drawn with Pillow and OpenCV (both core dependencies), so
 pictures and reports work without matplotlib.  Output is deterministic: the
 same :class:`~diffusion_cam.explanation.Explanation` gives the same bytes.
 
->>> from diffusion_cam.visualize import overlay, write_pictures
+>>> from diffusion_cam.visualize import overlay
 >>> rgb = overlay(exp.image, exp.map("circle"))          # (H, W, 3) uint8
->>> write_pictures(exp, "out/")                          # overlays, grid.png, trajectory.gif, report.html
+
+Writing them to a folder next to ``report.html`` is
+:func:`diffusion_cam.report.write_pictures`.
 """
 
 from __future__ import annotations
@@ -429,80 +431,3 @@ def write_gif(frames: Sequence[Image.Image], path: str | Path, duration_ms: int 
     # no frame is merged away as a duplicate: every frame carries its own step caption
     indexed[0].save(path, save_all=True, append_images=indexed[1:], duration=durations, loop=0,
                     optimize=False, disposal=1)
-
-
-# ----------------------------------------------------------------- writing
-def write_pictures(exp: "Explanation", out_dir: str | Path, compare_raw: bool = False, cmap: str = DEFAULT_CMAP,
-                   alpha: float = DEFAULT_ALPHA) -> list[str]:
-    """Write one overlay PNG per explained word, ``grid.png``, ``trajectory.gif`` and ``report.html``.
-
-    Overlays left in ``out_dir`` by an earlier result (``overlay_NN_word.png``)
-    are removed first, so the folder always describes ``exp``.  Returns the
-    names of the files written, relative to ``out_dir``.
-    """
-    from .report import explanation_html
-
-    out = Path(out_dir)
-    colormap_lut(cmap)  # fail on a bad colour map before writing anything
-    exp = exp.for_display()  # a photo's maps are drawn at picture size, not at its full resolution
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise VisualizationError(f"overlay opacity alpha must lie in [0, 1], got {alpha}")
-    written: list[str] = []
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for old in out.iterdir():
-            if OVERLAY_PATTERN.match(old.name) and old.is_file():
-                old.unlink()
-        for row, name in enumerate(overlay_filenames(exp.tokens)):
-            Image.fromarray(overlay(exp.image, exp.map(row), cmap, alpha)).save(out / name)
-            written.append(name)
-        grid_image(exp, compare_raw=compare_raw, cmap=cmap, alpha=alpha).save(out / GRID_FILE)
-        written.append(GRID_FILE)
-        frames = trajectory_frames(exp, cmap, alpha)
-        if frames:
-            write_gif(frames, out / GIF_FILE)
-            written.append(GIF_FILE)
-        (out / REPORT_FILE).write_text(explanation_html(exp, cmap=cmap, alpha=alpha), encoding="utf-8")
-        written.append(REPORT_FILE)
-    except OSError as err:
-        raise OutputError(f"cannot write pictures to {out}: {err.strerror or err}") from None
-    return written
-
-
-def _notebook_shell():
-    """The running IPython shell, or None outside IPython (or when IPython is not installed)."""
-    if importlib.util.find_spec("IPython") is None:
-        return None
-    from IPython import get_ipython
-
-    return get_ipython()
-
-
-def show(exp: "Explanation", cmap: str = DEFAULT_CMAP, alpha: float = DEFAULT_ALPHA, height: int = 760):
-    """Show the interactive report: inline in a notebook, else in the web browser.
-
-    In IPython the report is displayed in an isolated ``<iframe srcdoc>`` (its
-    styles and script cannot clash with the notebook's) and the display
-    object is returned; elsewhere the report is written to a temporary file,
-    opened with :mod:`webbrowser`, and its path is returned.
-    """
-    import html
-
-    from .report import explanation_html
-
-    doc = explanation_html(exp, cmap=cmap, alpha=alpha)
-    if _notebook_shell() is not None:
-        from IPython.display import HTML, display
-
-        frame = HTML(f'<div><iframe srcdoc="{html.escape(doc, quote=True)}" style="width:100%;height:{int(height)}px;'
-                     'border:1px solid #dee2e6;border-radius:6px"></iframe></div>')
-        display(frame)
-        return frame
-    import tempfile
-    import webbrowser
-
-    fd, name = tempfile.mkstemp(prefix="diffusion-cam-", suffix=".html")
-    with open(fd, "w", encoding="utf-8") as fh:
-        fh.write(doc)
-    webbrowser.open(Path(name).as_uri())
-    return Path(name)

@@ -177,7 +177,7 @@ def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask):
     exp.save(out)
     written = ["result.json", "maps.npz"]
     if not args.no_pictures:
-        from ..visualize import write_pictures
+        from ..report import write_pictures
 
         written += write_pictures(exp, out, compare_raw=args.compare_raw)
     print(f"answer: {exp.answer}")

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if not src.is_dir():
         raise OutputError(f"{src} is not a directory of saved results")
     if (src / RESULT_FILE).is_file():
-        from ..visualize import write_pictures
+        from ..report import write_pictures
 
         exp = Explanation.load(src)
         written = write_pictures(exp, out, compare_raw=args.compare_raw, cmap=args.cmap, alpha=args.alpha)
@@ -59,7 +59,7 @@ def _redraw_all(src: Path, out: Path, folders: list[Path], args: argparse.Namesp
 
     from ..explanation import Explanation
     from ..report import index_html
-    from ..visualize import write_pictures
+    from ..report import write_pictures
     from .explain import INDEX_FILE
 
     try:  # the images as given to explain, and the ones that failed; without it, the folders found

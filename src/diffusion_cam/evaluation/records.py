@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -100,3 +101,8 @@ def read_records(out: Path) -> list[dict[str, Any]]:
             if old is None or (old["status"] == "failed" and rec["status"] != "failed"):
                 best[key] = rec
     return sorted(best.values(), key=lambda r: (r["index"], r["method_order"]))
+
+
+def slug(text: str) -> str:
+    """A method label as a folder name (saved explanations of a run)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"

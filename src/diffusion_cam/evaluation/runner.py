@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -32,7 +31,8 @@ from ..methods.base import ExplanationMethod, Run
 from ..refine import MODULES
 from .datasets import Dataset, Item, Unit
 from .launch import resolve_launch
-from .records import ShardWriter, clean, read_records, shard_path
+from .records import ShardWriter, clean, read_records, shard_path, slug
+from .tables import write_tables
 
 CONFIG_FILE = "bench.json"
 FORMAT = 1
@@ -146,10 +146,6 @@ def wait_for_all(world: int) -> bool:
     dist.barrier()
     dist.destroy_process_group()
     return True
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
 class BenchRunner:
@@ -308,7 +304,7 @@ class BenchRunner:
         keep = self.config.save_explanations
         if keep and (keep < 0 or index < keep):
             exp.metrics = clean({"units": scored["units"], "function": scored["function"]})
-            exp.save(self.out / "explanations" / f"{index:06d}" / _slug(spec.label))
+            exp.save(self.out / "explanations" / f"{index:06d}" / slug(spec.label))
         return self._record(index, item, spec.label, "ok", seconds=seconds, score_seconds=score_s,
                             degenerate=int(sum(exp.degenerate)), **common, **scored)
 
@@ -329,6 +325,4 @@ def run_bench(adapter, dataset: Dataset, config: BenchConfig, rank: int | None =
         return None
     if rank != 0:
         return None
-    from .tables import write_tables
-
     return write_tables(Path(config.out), report=report)

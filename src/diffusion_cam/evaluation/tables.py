@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import OutputError
 from ..metrics import aggregate
-from .records import read_records
+from .records import read_records, slug
 
 CONFIG_FILE = "bench.json"
 _WORD_KEYS = ("obj_iou", "precision", "recall", "contrast", "contrast_score", "concentration", "f3")
@@ -262,7 +262,7 @@ def _report(out: Path, tables: dict[str, Any]) -> Path | None:
             best = max(units, key=lambda u: u["f3"], default=None)
             if best is not None:
                 rec["token"] = int(best["token"])  # row of the explanation (every answer token is explained)
-            exp_dir = out / "explanations" / f"{r['index']:06d}" / _slug(r["method"])
+            exp_dir = out / "explanations" / f"{r['index']:06d}" / slug(r["method"])
             if exp_dir.exists():
                 rec["explanation"] = str(exp_dir)
         records.append(rec)
@@ -272,12 +272,6 @@ def _report(out: Path, tables: dict[str, Any]) -> Path | None:
     return bench_report(records, out / "report.html", summary=summary, settings=tables["config"],
                         lower_is_better=["deletion_auc", "seconds"],
                         title=f"Bench: {tables['config']['dataset']['name']}")
-
-
-def _slug(text: str) -> str:
-    from .runner import _slug as slug
-
-    return slug(text)
 
 
 def write_tables(out: Path, report: bool = True) -> dict[str, Any]:
