@@ -106,3 +106,20 @@ def test_absent_objects_flagged_more_often_than_present_twins_on_shipped_scenes(
             exp = _explain(shapes_tiny, scene.image, prompt)
             flagged[kind] += bool(exp.ungrounded())
     assert flagged["absent"] >= 3 and flagged["absent"] > flagged["present"], flagged
+
+
+def test_commit_step_share_follows_the_trajectory(shapes_tiny):
+    exp = _explain(shapes_tiny, dc.example_scenes()[1].image, "describe the image")
+    last = max(t["step"] for t in exp.trajectory)
+    for g, step in zip(exp.grounding, exp.steps):
+        assert g["commit_step"] == pytest.approx(step / last)
+
+
+def test_report_marks_flagged_words(shapes_tiny):
+    """Shipped scene 2 has no red object: "what shape is red" is answered anyway, and the report marks it."""
+    exp = _explain(shapes_tiny, dc.example_scenes()[1].image, "what shape is red")
+    page = exp.to_html()
+    assert exp.ungrounded() == exp.tokens  # the one answer word is flagged
+    assert page.count("chip ungrounded") == 1 and "possibly ungrounded" in page
+    grounded = _explain(shapes_tiny, dc.example_scenes()[1].image, "what shape is purple")
+    assert grounded.ungrounded() == [] and "chip ungrounded" not in grounded.to_html()

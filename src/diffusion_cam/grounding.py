@@ -18,7 +18,7 @@ already holds, so it costs no forward pass:
     the same two measures on the raw map (to tell whether refinement helps).
 ``probability`` / ``commit_step``
     the model's probability of the token when the denoising trajectory
-    committed it, and that step over the number of steps (None for an answer
+    committed it, and that step over the trajectory's last step (None for an answer
     given with ``answer=``, which was never denoised).
 
 The explained score at the ``final`` state is no confidence: there the token
@@ -84,9 +84,10 @@ def _commit(exp: "Explanation", row: int) -> tuple[float | None, float | None]:
             k = step["committed"].index(position)
             probability = float(probs[k]) if k < len(probs) else None
             break
-    n_steps = int((exp.settings.get("generation") or {}).get("steps") or 0)
+    # the last step that committed a word closes the trajectory (the configured count may be unset)
+    last = max((int(t["step"]) for t in exp.trajectory), default=-1)
     step = exp.steps[row] if row < len(exp.steps) else -1
-    share = float(step) / max(1, n_steps - 1) if step >= 0 and n_steps > 0 else None
+    share = float(step) / last if step >= 0 and last > 0 else (0.0 if step == 0 else None)
     return probability, share
 
 
