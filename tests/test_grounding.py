@@ -123,3 +123,14 @@ def test_report_marks_flagged_words(shapes_tiny):
     assert page.count("chip ungrounded") == 1 and "possibly ungrounded" in page
     grounded = _explain(shapes_tiny, dc.example_scenes()[1].image, "what shape is purple")
     assert grounded.ungrounded() == [] and "chip ungrounded" not in grounded.to_html()
+
+
+def test_grid_marks_flagged_words(shapes_tiny, monkeypatch):
+    from diffusion_cam import visualize
+
+    seen = []
+    draw = visualize._draw_panel
+    monkeypatch.setattr(visualize, "_draw_panel", lambda panel, *a: seen.append(panel.warning) or draw(panel, *a))
+    exp = _explain(shapes_tiny, dc.example_scenes()[1].image, "what shape is red")
+    visualize.grid_image(exp)
+    assert f"ungrounded? {exp.grounding[0]['score']:.2f}" in seen
