@@ -31,6 +31,9 @@ in :data:`COEFFICIENTS`, fitted once on selection scenes of the Shapes world by
 ``benchmarks/grounding_validation.py`` and frozen here; a token scoring below
 :data:`THRESHOLD` is flagged as ungrounded.  A token without a commit
 probability is scored by the map-only combination (:data:`MAP_COEFFICIENTS`).
+Measured on held-out Shapes scenes (docs/benchmarks.md), the map features are
+near chance and the commit probability carries the signal; the constants come
+from shapes-tiny alone, so on another model the score is a rough guide.
 """
 
 from __future__ import annotations
