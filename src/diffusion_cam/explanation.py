@@ -95,7 +95,7 @@ class Explanation:
                  trajectory: list[dict[str, Any]] | None = None, answer_tokens: list[str] | None = None,
                  metrics: dict[str, Any] | None = None, faithfulness: dict[str, Any] | None = None, *,
                  views: list[GridView] | None = None, image_size: tuple[int, int] | None = None,
-                 warnings: list[str] | None = None) -> None:
+                 warnings: list[str] | None = None, grounding: list[dict[str, Any]] | None = None) -> None:
         self.answer = answer
         self.tokens = tokens
         self.token_ids = token_ids
@@ -114,6 +114,8 @@ class Explanation:
         self.faithfulness = {} if faithfulness is None else faithfulness
         #: why the answer is likely meaningless, when the model's adapter can tell (an image out of its world)
         self.warnings = [] if warnings is None else warnings
+        # computed from the maps on first read (see diffusion_cam.grounding); a loaded one is kept as saved
+        self._grounding = grounding
         if views is None and maps is None and grid_maps is None:
             raise TypeError("an Explanation needs views=, maps= or grid_maps=")
         if image is None:
@@ -209,11 +211,27 @@ class Explanation:
                            prompt=self.prompt, model=self.model, method=self.method, settings=self.settings,
                            scores=self.scores, degenerate=self.degenerate, trajectory=self.trajectory,
                            answer_tokens=self.answer_tokens, metrics=self.metrics, faithfulness=self.faithfulness,
-                           views=self.views, image_size=self.image_size, warnings=self.warnings)
+                           views=self.views, image_size=self.image_size, warnings=self.warnings,
+                           grounding=self._grounding)
         if not self.views:  # maps given at image resolution: bring them to the picture's size
             view._maps = np.stack([_resized(m, size) for m in self._maps])
             view._raw_maps = np.stack([_resized(m, size) for m in self._raw_maps])
         return view
+
+    # ------------------------------------------------------------- grounding
+    @property
+    def grounding(self) -> list[dict[str, Any]]:
+        """Per explained token: grounding ``score`` in [0, 1], ``flagged`` and the features behind it
+        (:mod:`diffusion_cam.grounding`)."""
+        if self._grounding is None:
+            from .grounding import grounding
+
+            self._grounding = grounding(self)
+        return self._grounding
+
+    def ungrounded(self) -> list[str]:
+        """The explained tokens whose grounding score is below the threshold, in answer order."""
+        return [g["token"] for g in self.grounding if g["flagged"]]
 
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -353,6 +371,7 @@ class Explanation:
             "metrics": self.metrics,
             "faithfulness": self.faithfulness,
             "warnings": self.warnings,
+            "grounding": self.grounding,
         }
 
     # ------------------------------------------------------------ persistence
@@ -422,6 +441,7 @@ class Explanation:
             metrics=meta.get("metrics", {}),
             faithfulness=meta.get("faithfulness", {}),
             warnings=meta.get("warnings", []),
+            grounding=meta.get("grounding"),
             **placed,
         )
 

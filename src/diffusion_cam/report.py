@@ -222,6 +222,7 @@ def explanation_data(exp: "Explanation", cmap: str = DEFAULT_CMAP, alpha: float 
     exp = exp.for_display()
     has_raw = exp.raw_differs()
     per_token = _per_token_metrics(exp)
+    grounding = exp.grounding
     tokens = []
     for row, text in enumerate(exp.tokens):
         tokens.append({
@@ -232,6 +233,8 @@ def explanation_data(exp: "Explanation", cmap: str = DEFAULT_CMAP, alpha: float 
             "score": exp.scores[row] if row < len(exp.scores) else None,
             "degenerate": bool(exp.degenerate[row]) if row < len(exp.degenerate) else False,
             "metrics": per_token[row],
+            "grounding": grounding[row]["score"] if row < len(grounding) else None,
+            "ungrounded": bool(grounding[row]["flagged"]) if row < len(grounding) else False,
             "uri": token_data_uri(exp, row, cmap, alpha),
             "raw_uri": token_data_uri(exp, row, cmap, alpha, raw=True) if has_raw else None,
         })

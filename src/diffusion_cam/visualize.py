@@ -264,10 +264,13 @@ def grid_image(exp: "Explanation", compare_raw: bool = False, cmap: str = DEFAUL
     groups: list[list[_Panel]] = [[_Panel(pic, "image", f"{exp.image_size[1]}×{exp.image_size[0]} px")]]
     if compare_raw:
         groups[0].append(_Panel(None))
+    grounding = exp.grounding  # a word below the grounding threshold gets a warning line
     for row, token in enumerate(exp.tokens):
         word = f"{exp.token_indices[row] if row < len(exp.token_indices) else row}: {word_label(token)}"
         sub = _token_subtitle(exp, row)
         warn = "no evidence" if row < len(exp.degenerate) and exp.degenerate[row] else ""
+        if row < len(grounding) and grounding[row]["flagged"]:
+            warn = " · ".join(filter(None, (warn, f"ungrounded? {grounding[row]['score']:.2f}")))
         refined = _resize(overlay(exp.image, exp.map(row), cmap, alpha), scale)
         if compare_raw:
             raw = _resize(overlay(exp.image, exp.map(row, raw=True), cmap, alpha), scale)

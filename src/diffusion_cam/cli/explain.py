@@ -6,6 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from ..grounding import THRESHOLD
 from ..metrics.faithfulness import REPLACEMENTS
 from .options import add_method_options, add_model_options, load_adapter, method_kwargs, method_name
 
@@ -181,6 +182,9 @@ def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask):
 
         written += write_pictures(exp, out, compare_raw=args.compare_raw)
     print(f"answer: {exp.answer}")
+    flagged = [f"{g['token'].strip()} ({g['score']:.2f})" for g in exp.grounding if g["flagged"]]
+    if flagged:
+        print(f"possibly ungrounded (grounding score below {THRESHOLD}): {', '.join(flagged)}")
     if exp.metrics:
         mean = exp.metrics["mean"]
         print("metrics (mean over tokens): " + ", ".join(

@@ -311,7 +311,9 @@ class ExplanationMethod(ABC):
         size = run.inputs.image_size
         steps_with_commits = [
             {"step": s.index, "committed": [p for p in s.committed if p < len(run.answer_ids)],
-             "ids": [tid for p, tid in zip(s.committed, s.committed_ids) if p < len(run.answer_ids)]}
+             "ids": [tid for p, tid in zip(s.committed, s.committed_ids) if p < len(run.answer_ids)],
+             # the model's probability of each when committed: the grounding score reads it
+             "probabilities": [float(q) for p, q in zip(s.committed, s.probabilities) if p < len(run.answer_ids)]}
             for s in run.generation.steps
         ]
         return Explanation(
