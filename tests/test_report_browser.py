@@ -155,7 +155,7 @@ def test_script_in_prompt_renders_as_text(browser, tmp_path):
 
 
 def test_benchmark_report_renders(browser, tmp_path):
-    from diffusion_cam.report import bench_report
+    from diffusion_cam.bench_report import bench_report
 
     exp = make_explanation()
     exp.save(tmp_path / "items" / "x")

@@ -14,7 +14,8 @@ from PIL import Image, ImageSequence
 import diffusion_cam as dc
 from diffusion_cam.errors import DiffusionCamError, OutputError, TargetError, UnknownNameError
 from diffusion_cam.explanation import Explanation
-from diffusion_cam.report import (bench_html, bench_report, explanation_data, script_json, summarize, token_data_uri,
+from diffusion_cam.bench_report import bench_html, bench_report, summarize
+from diffusion_cam.report import (explanation_data, script_json, token_data_uri,
                                   write_pictures)
 from diffusion_cam.visualize import (OVERLAY_PATTERN, VisualizationError, colorize, colormap_lut, denoising_steps,
                                      grid_image, overlay, overlay_filenames, safe_slug, trajectory_frames)

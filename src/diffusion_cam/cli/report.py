@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if folders:
         return _redraw_all(src, out, folders, args)
     if (src / "records.jsonl").is_file() or (src / "records.json").is_file():
-        from ..report import bench_report
+        from ..bench_report import bench_report
 
         path = bench_report(src, out, cmap=args.cmap, alpha=args.alpha)
         print(f"wrote {path}")

@@ -245,9 +245,9 @@ def _pillow_bar_chart(rows: Sequence[dict[str, Any]], path: Path, title: str = "
 
 
 def _report(out: Path, tables: dict[str, Any]) -> Path | None:
-    """``report.html`` through :func:`diffusion_cam.report.bench_report`, if that module is available."""
+    """``report.html`` through :func:`diffusion_cam.bench_report.bench_report`, if that module is available."""
     try:
-        from ..report import bench_report
+        from ..bench_report import bench_report
     except ImportError:
         return None
     records = []
