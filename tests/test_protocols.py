@@ -80,6 +80,24 @@ def test_select_writes_a_frozen_choice_per_method(selection):
     assert [r for r, _ in rows][-1] == "Full" and len(rows) == 2 + len(MODULES)
 
 
+def test_a_frozen_selection_is_not_overwritten_by_a_different_one(selection, tmp_path, capsys):
+    frozen = tmp_path / "frozen.json"
+    frozen.write_bytes(selection.read_bytes())
+    work = selection.with_suffix(".run")
+    base = ["select", "--model", "tiny-random", "--items", "2", "--seed", "10000000", "--layer", "1",
+            "--score", "logit", "--no-progress", "--work", str(work), "--out", str(frozen)]
+    assert main(base) == 0  # the same run again: the same choice, nothing to refuse
+    assert frozen.read_bytes() == selection.read_bytes()
+    changed = json.loads(frozen.read_text())
+    changed["methods"]["gradcam"]["options"]["layer"] = 0
+    frozen.write_text(json.dumps(changed))
+    assert main(base) == 2
+    assert "already holds a different selection" in capsys.readouterr().err
+    assert json.loads(frozen.read_text()) == changed
+    assert main(base + ["--replace"]) == 0
+    assert json.loads(frozen.read_text()) == json.loads(selection.read_text())
+
+
 def test_bench_refuses_reported_scenes_that_overlap_the_selection_or_another_model(selection, tmp_path, capsys):
     base = ["bench", "--select", str(selection), "--no-faithfulness", "--no-progress", "--out", str(tmp_path / "b")]
     assert main(base + ["--model", "tiny-random", "--items", "2", "--seed", "9999999"]) == 2

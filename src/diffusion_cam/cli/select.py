@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
                    help="blocks of the grid (default: every block but the last)")
     p.add_argument("--score", nargs="+", default=list(SELECTION_SCORES), choices=SCORES,
                    help=f"scores of the grid (default: {' '.join(SELECTION_SCORES)})")
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite an OUT that holds a different selection (refused by default: reported runs "
+                        "may have used it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
     p.set_defaults(run=run)
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     adapter = load_adapter(args)
     dataset = load_dataset("shapes", n=args.items, seed=args.seed, prompts=args.prompts)
     selection = select(adapter, dataset, work, out, layers=args.layer, scores=args.score, methods=args.methods,
-                       rank=rank, world=world, progress=not args.no_progress)
+                       rank=rank, world=world, progress=not args.no_progress,
+                       replace=args.replace)
     if selection is None:
         return 0
     names = {"pointing": "Pointing (%)", "f3_of_means": "F3 (of means)"}

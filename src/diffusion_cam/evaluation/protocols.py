@@ -164,12 +164,14 @@ def choose(rows: dict[str, dict[str, Any]], grid: dict[str, list[dict[str, Any]]
 
 def select(adapter, dataset, work: Path, out: Path | None = None, *, layers: Sequence[int] | None = None,
            scores: Sequence[str] = SELECTION_SCORES, methods: Sequence[str] = GRID_METHODS,
-           rank: int | None = None, world: int | None = None, progress: bool = True) -> dict[str, Any] | None:
+           rank: int | None = None, world: int | None = None, progress: bool = True,
+           replace: bool = False) -> dict[str, Any] | None:
     """Run every method's grid on ``dataset`` (a resumable bench run in ``work``) and choose.
 
     Returns the selection (and writes it to ``out`` as JSON) on rank 0 once
     every rank is done; ``None`` on the other ranks.  No deletion / insertion:
-    the criterion is label-based.
+    the criterion is label-based.  An ``out`` that already holds a different
+    selection is kept unless ``replace``: reported runs may have been made with it.
     """
     grid = selection_grid(adapter, layers, scores, methods)
     config = BenchConfig(out=Path(work), specs=grid_specs(grid), faithfulness=False, progress=progress)
@@ -194,11 +196,19 @@ def select(adapter, dataset, work: Path, out: Path | None = None, *, layers: Seq
                     for label, row in rows.items()},
     }
     if out is not None:
-        write_selection(selection, Path(out))
+        write_selection(selection, Path(out), replace=replace)
     return selection
 
 
-def write_selection(selection: dict[str, Any], path: Path) -> None:
+def write_selection(selection: dict[str, Any], path: Path, replace: bool = False) -> None:
+    if not replace and path.is_file():
+        try:
+            same = json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(selection))
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            raise OutputError(f"{path} already holds a different selection, which reported runs may have used; "
+                              "write to another --out, or pass --replace to overwrite it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
