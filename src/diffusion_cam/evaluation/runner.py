@@ -247,6 +247,7 @@ class BenchRunner:
             t0 = time.perf_counter()
             image = item.image()
             run = first.generate(image, item.prompt)
+            run.gradients = {}  # every method of this item reading the same block and score shares its backward
             gen_s = time.perf_counter() - t0
             answer = self.adapter.join(run.texts)
             if not run.answer_ids:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,6 +36,9 @@ class Run:
     generation: GenerationResult
     answer_ids: list[int]  # the answer's own tokens (stop/padding removed), canvas order
     texts: list[str]
+    #: set to a dict by a caller that explains this answer with several configurations (a bench grid): the
+    #: backward passes are then shared by every map formula that reads the same block, score and targets
+    gradients: dict | None = field(default=None, repr=False, compare=False)
 
     def canvas_position(self, index: int) -> int:
         return self.inputs.answer_start + index

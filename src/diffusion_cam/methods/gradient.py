@@ -121,9 +121,16 @@ class GradientCAM(ExplanationMethod):
                 from ..extract.memory import auto_chunk_size
 
                 chunk = auto_chunk_size(self.adapter, run.inputs, len(targets), rows=len(rows))
-            gg = grid_gradients(self.adapter, run.inputs, sequence, self.layers,
-                                lambda logits, t=targets, r=rows: target_scores(logits, t, self.score, r), chunk,
-                                n_targets=len(targets), positions=rows)
+            # the formula only combines activations and gradients, so maps that differ in it share one backward
+            key = (id(self.adapter), sequence.cpu().numpy().tobytes(), tuple(self.layers), self.score,
+                   tuple(targets), chunk)
+            gg = None if run.gradients is None else run.gradients.get(key)
+            if gg is None:
+                gg = grid_gradients(self.adapter, run.inputs, sequence, self.layers,
+                                    lambda logits, t=targets, r=rows: target_scores(logits, t, self.score, r), chunk,
+                                    n_targets=len(targets), positions=rows)
+                if run.gradients is not None:
+                    run.gradients[key] = gg
             if grids is None:
                 grids = gg.grids
             elif [g.shape for g in gg.grids] != [g.shape for g in grids]:
