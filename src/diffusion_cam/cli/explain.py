@@ -175,7 +175,8 @@ def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask):
     import sys
 
     exp = method.explain(image, args.prompt, targets=_targets(args.targets), faithfulness=args.faithfulness or False,
-                         answer=args.answer, grounding_probe=args.grounding_probe, progress=not args.quiet and sys.stderr.isatty())
+                         answer=args.answer, grounding_probe=args.grounding_probe,
+                         progress=not args.quiet and sys.stderr.isatty())
     if mask is not None:
         exp.evaluate(mask)
     exp.save(out)
