@@ -229,6 +229,14 @@ class Explanation:
             self._grounding = grounding(self)
         return self._grounding
 
+    def set_grounding_probe(self, probed: list[dict[str, float]]) -> None:
+        """Score the grounding again with the one-word deletion probe's features (one dict per token)."""
+        from .grounding import grounding
+
+        if len(probed) != len(self.tokens):
+            raise ValueError(f"the probe measured {len(probed)} tokens; the explanation has {len(self.tokens)}")
+        self._grounding = grounding(self, probed)
+
     def ungrounded(self) -> list[str]:
         """The explained tokens whose grounding score is below the threshold, in answer order."""
         return [g["token"] for g in self.grounding if g["flagged"]]

@@ -1,7 +1,7 @@
 """Is a word grounded in the image?  Per-token grounding features and a score in [0, 1].
 
-Every feature is read from what an :class:`~diffusion_cam.explanation.Explanation`
-already holds, so it costs no forward pass:
+The default features are read from what an :class:`~diffusion_cam.explanation.Explanation`
+already holds, so they cost no forward pass:
 
 ``concentration``
     1 minus the normalised Shannon entropy of the refined grid map taken as a
@@ -26,40 +26,66 @@ is on the canvas, unmasked, and a masked diffusion model's output at an
 unmasked position says little (on shapes-tiny a forced true answer gets
 probability near 0), so a given answer has no probability feature.
 
-The score is a logistic combination of these features with the coefficients
-in :data:`COEFFICIENTS`, fitted once on selection scenes of the Shapes world by
-``benchmarks/grounding_validation.py`` and frozen here; a token scoring below
-:data:`THRESHOLD` is flagged as ungrounded.  A token without a commit
-probability is scored by the map-only combination (:data:`MAP_COEFFICIENTS`).
-Measured on held-out Shapes scenes (docs/benchmarks.md), the map features are
-near chance and the commit probability carries the signal; the constants come
-from shapes-tiny alone, so on another model the score is a rough guide.
+Optionally (``explain(..., grounding_probe=True)``, CLI ``--grounding-probe``)
+a one-word deletion probe adds two features, at a cost of four image forwards
+per explained token (batched; :func:`diffusion_cam.metrics.faithfulness.deletion_insertion`
+with the fractions 0 and :data:`PROBE_SHARE`, which also forms the two insertion images):
+
+``masked_probability``
+    the model's probability of the token at its position, re-masked when the
+    model has a mask token, with the image intact.  A model without a mask
+    token (DiffusionGemma) reads the position with the token visible, which
+    asks it to copy the word rather than to predict it.
+``deletion_drop``
+    how much that probability falls when the top :data:`PROBE_SHARE` of the
+    grid patches under the word's map are replaced by the image's mean colour.
+
+The score is a logistic combination of some of these features.  Which ones
+depends on what a token has, the *case*: a generated answer has a commit
+probability, an answer given with ``answer=`` has none, and either may have
+the probe's features.  :data:`CASES` holds, per case, the features it reads,
+the intercept and weights, and the (mean, std) each feature was standardised
+by: chosen among candidate subsets by scene-grouped cross-validation and fitted
+on selection scenes of the Shapes world by ``benchmarks/grounding_validation.py``,
+then frozen here.  A token scoring below :data:`THRESHOLD` is flagged as
+ungrounded.  The constants come from shapes-tiny alone (docs/benchmarks.md
+reports them on held-out scenes), so on another model the score is a rough guide.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from .explanation import Explanation
 
-#: the features every combination reads, in order (the commit probability is appended when known)
+#: what the combinations can read, per token (``log_contrast`` is log(1 + contrast): contrast has a long tail)
+FEATURES = ("concentration", "log_contrast", "raw_mass", "probability", "masked_probability", "deletion_drop")
+#: the features read from the map alone
 MAP_FEATURES = ("concentration", "log_contrast", "raw_mass")
-#: intercept then one weight per feature of MAP_FEATURES + ("probability",); fitted by
-#: ``python benchmarks/grounding_validation.py --model shapes-tiny --scenes 40 --fit`` on the
-#: 40 selection scenes (seeds from 70,000,000) with shapes-tiny's default DiffusionCAM
-COEFFICIENTS: tuple[float, ...] = (-1.1513, -0.2552, 0.6274, 0.3545, 4.9026)
-#: intercept then one weight per feature of MAP_FEATURES (tokens without a commit probability)
-MAP_COEFFICIENTS: tuple[float, ...] = (0.0152, 0.0681, 0.138, 0.2271)
+#: the features the one-word deletion probe adds
+PROBE_FEATURES = ("masked_probability", "deletion_drop")
+#: share of the grid's patches the probe removes (at least one patch)
+PROBE_SHARE = 0.1
 #: a token whose score is below this is flagged as ungrounded
 THRESHOLD = 0.5
-#: what the features were standardised by before fitting: (mean, std) per feature, probability last
-SCALE: tuple[tuple[float, float], ...] = ((0.351, 0.071), (2.7978, 0.3195), (0.0395, 0.0181), (0.97, 0.083))
-#: the same for the map-only combination
-MAP_SCALE: tuple[tuple[float, float], ...] = ((0.3485, 0.0732), (2.776, 0.3288), (0.0418, 0.0202))
+
+#: per case: (features read, intercept then one weight per feature, (mean, std) per feature);
+#: printed by ``python benchmarks/grounding_validation.py --model shapes-tiny --scenes 40 --probe --fit``
+#: from the 40 selection scenes (seeds from 70,000,000) with shapes-tiny's default DiffusionCAM.
+#: Cross-validation kept one feature where there was one: the commit probability for a generated
+#: answer (the probe added nothing to it), the re-masked probability for a given one, and no feature
+#: for a given answer without the probe (its map features did worse than chance out of fold), which
+#: therefore scores 0.5, not flagged: no evidence either way.
+CASES: dict[str, tuple[tuple[str, ...], tuple[float, ...], tuple[tuple[float, float], ...]]] = {
+    "generated": (("probability",), (-1.1906, 5.0234), ((0.97, 0.083),)),
+    "given": ((), (0.0,), ()),
+    "generated+probe": (("probability",), (-1.1906, 5.0234), ((0.97, 0.083),)),
+    "given+probe": (("masked_probability",), (0.0016, 8.0142), ((0.4996, 0.4985),)),
+}
 
 
 def _concentration(m: np.ndarray) -> float:
@@ -114,31 +140,52 @@ def features(exp: "Explanation") -> list[dict[str, Any]]:
     return out
 
 
-def vector(feat: dict[str, Any], raw: bool = False) -> list[float]:
-    """The combination's inputs of one token: MAP_FEATURES (from the raw map when ``raw``)."""
-    conc = feat["raw_concentration" if raw else "concentration"]
-    contrast = feat["raw_contrast" if raw else "contrast"]
-    return [float(conc), math.log1p(float(contrast)), float(feat["raw_mass"])]
+def value(feat: dict[str, Any], name: str) -> float:
+    """One input of a combination: a feature of :data:`FEATURES`, or ``raw_``-prefixed map feature."""
+    if name.endswith("log_contrast"):
+        return math.log1p(float(feat[name.replace("log_contrast", "contrast")]))
+    return float(feat[name])
 
 
-def combine(x: list[float], coefficients: tuple[float, ...], scale: tuple[tuple[float, float], ...]) -> float:
+def case(feat: dict[str, Any]) -> str:
+    """Which combination scores a token: by whether it has a commit probability and the probe's features."""
+    base = "generated" if feat.get("probability") is not None else "given"
+    return base + ("+probe" if feat.get("masked_probability") is not None else "")
+
+
+def combine(x: Sequence[float], coefficients: Sequence[float], scale: Sequence[tuple[float, float]]) -> float:
     """Logistic of intercept + weights . standardised ``x``, in [0, 1]."""
     z = coefficients[0] + sum(w * (v - mu) / sd for w, v, (mu, sd) in zip(coefficients[1:], x, scale))
     return float(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z)))))
 
 
-def score(feat: dict[str, Any]) -> float:
+def score(feat: dict[str, Any], cases: dict | None = None) -> float:
     """Grounding score in [0, 1] of one token's features (higher = better supported by the image)."""
-    x = vector(feat)
-    if feat.get("probability") is None:
-        return combine(x, MAP_COEFFICIENTS, MAP_SCALE)
-    return combine(x + [float(feat["probability"])], COEFFICIENTS, SCALE)
+    table = CASES if cases is None else cases
+    name = case(feat)
+    # a table without the probe's case scores a probed token as it would an unprobed one
+    names, coefficients, scale = table.get(name) or table[name.replace("+probe", "")]
+    return combine([value(feat, n) for n in names], coefficients, scale)
 
 
-def grounding(exp: "Explanation") -> list[dict[str, Any]]:
-    """One dict per explained token: ``score``, ``flagged`` (score below :data:`THRESHOLD`) and the features."""
+def probe(curves: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+    """The probe's features of every token from its deletion curve at fractions (0, share)."""
+    return [{"masked_probability": float(c["deletion"][0]), "deletion_drop": float(c["deletion"][0] - c["deletion"][1])}
+            for c in curves]
+
+
+def probe_share(grid_shape: Sequence[int]) -> float:
+    """:data:`PROBE_SHARE`, raised to one patch on a grid too small to round it to one."""
+    return max(PROBE_SHARE, 1.0 / max(1, int(np.prod(grid_shape))))
+
+
+def grounding(exp: "Explanation", probed: Sequence[dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """One dict per explained token: ``score``, ``flagged`` (score below :data:`THRESHOLD`), the ``case``
+    that scored it and the features (with the probe's, ``probed``, when measured)."""
     out = []
-    for feat in features(exp):
+    for row, feat in enumerate(features(exp)):
+        if probed is not None:
+            feat.update(probed[row])
         s = score(feat)
-        out.append({"score": s, "flagged": bool(s < THRESHOLD), **feat})
+        out.append({"score": s, "flagged": bool(s < THRESHOLD), "case": case(feat), **feat})
     return out

@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
                    metavar="{" + ",".join(REPLACEMENTS) + "}",
                    help="also measure deletion / insertion AUC of every map; removed patches show a blurred copy "
                         "(default), the mean colour or ROAD's imputation")
+    p.add_argument("--grounding-probe", action="store_true",
+                   help="also run the one-word deletion probe behind each word's grounding score (its probability "
+                        "with the image intact and without the top 10%% of its map; 4 forwards per word)")
     add_model_options(p)
     add_method_options(p)
     p.set_defaults(run=run)
@@ -172,7 +175,8 @@ def _explain_one(method, image: str, args: argparse.Namespace, out: Path, mask):
     import sys
 
     exp = method.explain(image, args.prompt, targets=_targets(args.targets), faithfulness=args.faithfulness or False,
-                         answer=args.answer, progress=not args.quiet and sys.stderr.isatty())
+                         answer=args.answer, grounding_probe=args.grounding_probe,
+                         progress=not args.quiet and sys.stderr.isatty())
     if mask is not None:
         exp.evaluate(mask)
     exp.save(out)

@@ -200,7 +200,7 @@ class ExplanationMethod(ABC):
 
     def explain(self, image: Any, prompt: str, *, targets: Sequence[int | str] | int | str | None = None,
                 gen_length: int | None = None, faithfulness: bool | str = False,
-                answer: str | None = None, progress: bool = False) -> Explanation:
+                answer: str | None = None, grounding_probe: bool = False, progress: bool = False) -> Explanation:
         """Generate an answer to ``prompt`` about ``image`` and explain its tokens.
 
         ``answer``: explain this answer instead of generating one (e.g. a
@@ -214,16 +214,23 @@ class ExplanationMethod(ABC):
         kept in :attr:`Explanation.faithfulness`.  It costs 20 forwards per
         token, batched.
 
+        ``grounding_probe``: also run the one-word deletion probe behind the
+        grounding score (:mod:`diffusion_cam.grounding`): every token's
+        probability with the image intact and its drop when the top 10 % of
+        the patches under its map are removed.  It costs four forwards per
+        token, batched.
+
         ``progress``: show bars (on stderr) over the denoising steps and the
         batched backwards.
         """
         from ..progress import reporting
 
         with reporting(progress):
-            return self._explain(image, prompt, targets, gen_length, faithfulness, answer)
+            return self._explain(image, prompt, targets, gen_length, faithfulness, answer, grounding_probe)
 
     def _explain(self, image: Any, prompt: str, targets: Sequence[int | str] | int | str | None,
-                 gen_length: int | None, faithfulness: bool | str, answer: str | None) -> Explanation:
+                 gen_length: int | None, faithfulness: bool | str, answer: str | None,
+                 grounding_probe: bool = False) -> Explanation:
         replacement = "blur" if faithfulness is True else faithfulness
         if replacement and replacement not in REPLACEMENTS:  # before the model runs, not after
             raise UnknownNameError(f"unknown replacement {replacement!r}; choose one of {', '.join(REPLACEMENTS)}")
@@ -256,7 +263,21 @@ class ExplanationMethod(ABC):
             with memory_step("measuring faithfulness (batches of perturbed images)",
                              "leave out --faithfulness or use a smaller batch"):
                 exp.faithfulness = self.faithfulness(run, exp, replacement)
+        if grounding_probe:
+            with memory_step("in the grounding probe (batches of perturbed images)",
+                             "leave out --grounding-probe or use a larger device"):
+                exp.set_grounding_probe(self.grounding_probe(run, exp))
         return exp
+
+    @classmethod
+    def grounding_probe(cls, run: Run, exp: Explanation) -> list[dict[str, float]]:
+        """The one-word deletion probe of every explained token (:func:`diffusion_cam.grounding.probe`):
+        a deletion curve at two fractions, the mean colour filling removed patches (no blur that
+        would leave the word's object half visible)."""
+        from ..grounding import probe, probe_share
+
+        share = probe_share(exp.grid_maps.shape[1:])
+        return probe(cls.faithfulness(run, exp, "mean", fractions=(0.0, share))["per_token"])
 
     @staticmethod
     def faithfulness(run: Run, exp: Explanation, replacement: str = "blur", **options: Any) -> dict[str, Any]:
