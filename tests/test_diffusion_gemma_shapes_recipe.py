@@ -112,3 +112,76 @@ def test_auxiliary_targets_follow_the_objects():
     flat = np.array(target)
     assert (flat[:, 0] == 0).mean() > 0.5  # most tokens show background
     assert np.isin(flat[:, 2], [-100, 0, 1, 2, 3]).all()
+
+
+# ----------------------------------------------------------------------------- the name, resolved to the folder
+
+@pytest.fixture
+def shipped(folder, monkeypatch):
+    """The package's checkpoint folder, holding the freshly initialised model."""
+    from diffusion_cam.models import diffusion_gemma_shapes
+
+    monkeypatch.setattr(diffusion_gemma_shapes, "WEIGHTS_DIR", folder)
+    return folder
+
+
+def test_the_name_loads_the_folder_through_the_unchanged_adapter(shipped):
+    import diffusion_cam as dc
+
+    adapter = dc.load_model("diffusion-gemma-shapes")
+    assert type(adapter) is DiffusionGemmaAdapter and adapter.name == "diffusion-gemma-shapes"
+    assert type(adapter.model) is transformers.DiffusionGemmaForBlockDiffusion
+    reference = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(shipped)
+    assert all(torch.equal(a, b) for a, b in zip(adapter.model.state_dict().values(),
+                                                  reference.state_dict().values()))
+
+
+def test_by_name_and_by_folder_the_cli_writes_the_same_maps(shipped, tmp_path):
+    from PIL import Image
+
+    from diffusion_cam.cli import main
+
+    image = tmp_path / "scene.png"
+    Image.fromarray(shapes.generate_scene(10_000_000).image).save(image)
+    written = []
+    for k, model in enumerate(("diffusion-gemma-shapes", str(shipped))):
+        out = tmp_path / f"out{k}"
+        assert main(["explain", str(image), "--prompt", "how many objects", "--model", model, "--quiet",
+                     "--out", str(out)]) == 0
+        written.append((out / "maps.npz").read_bytes())
+    assert written[0] == written[1]
+
+
+def test_an_altered_or_unlisted_file_is_refused(folder, tmp_path, monkeypatch):
+    import shutil
+
+    import diffusion_cam as dc
+    from diffusion_cam.adapters.builtin_checkpoints import verify_folder
+    from diffusion_cam.errors import ModelLoadError
+    from diffusion_cam.models import diffusion_gemma_shapes
+
+    copy_ = tmp_path / "weights"
+    shutil.copytree(folder, copy_)
+    verify_folder(copy_)  # intact: nothing to say
+    weights = copy_ / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="model.safetensors.*sha256"):
+        verify_folder(copy_)
+    monkeypatch.setattr(diffusion_gemma_shapes, "WEIGHTS_DIR", copy_)
+    with pytest.raises(ModelLoadError, match="integrity"):
+        dc.load_model("diffusion-gemma-shapes")
+    (copy_ / "SHA256SUMS").unlink()
+    with pytest.raises(ModelLoadError, match="SHA256SUMS"):
+        dc.load_model("diffusion-gemma-shapes")
+
+
+def test_without_shipped_weights_the_name_says_how_to_get_them(tmp_path, monkeypatch):
+    import diffusion_cam as dc
+    from diffusion_cam.errors import ModelLoadError
+    from diffusion_cam.models import diffusion_gemma_shapes
+
+    monkeypatch.setattr(diffusion_gemma_shapes, "WEIGHTS_DIR", tmp_path / "absent")
+    with pytest.raises(ModelLoadError, match="train-shapes --arch diffusion-gemma"):
+        dc.load_model("diffusion-gemma-shapes")

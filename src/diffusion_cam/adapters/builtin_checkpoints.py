@@ -40,8 +40,9 @@ def load_diffusion_gemma_shapes(verify: bool = True, **options: Any) -> Adapter:
 
     folder = diffusion_gemma_shapes.WEIGHTS_DIR
     if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"diffusion-gemma-shapes weights not found in {folder}; reinstall the package or "
-                             "train them with 'diffusion-cam train-shapes --arch diffusion-gemma'")
+        raise ModelLoadError(f"diffusion-gemma-shapes has no weights in {folder} (this version does not ship them); "
+                             "train them with 'diffusion-cam train-shapes --arch diffusion-gemma --out DIR' "
+                             "and pass --model DIR/final")
     if verify:
         verify_folder(folder)
     adapter = load_diffusion_gemma(str(folder), **options)
@@ -52,6 +53,6 @@ def load_diffusion_gemma_shapes(verify: bool = True, **options: Any) -> Adapter:
 register_model(ModelEntry(
     name="diffusion-gemma-shapes", loader=load_diffusion_gemma_shapes, family="diffusion-gemma",
     verified="n/a (built-in, trained by the project)",
-    description="built-in stock transformers DiffusionGemmaForBlockDiffusion trained on the Shapes world "
-                "(ships with the package; needs transformers>=5.13)",
+    description="stock transformers DiffusionGemmaForBlockDiffusion trained on the Shapes world, loaded from "
+                "the package's checkpoint folder when it holds weights (needs transformers>=5.13)",
 ))
