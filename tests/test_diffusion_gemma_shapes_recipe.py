@@ -1,6 +1,7 @@
 """The diffusion-gemma-shapes recipe without its trained weights: stock parts, checkpoint folder, sampler, resume."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -102,6 +103,23 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     a = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "straight" / "final").state_dict()
     b = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "resumed" / "final").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage_one_trains_the_vision_side_only_and_its_heads_can_be_read(tmp_path):
+    hp = recipe.HParams(vision_steps=2, steps=0, batch_images=1, warmup=1, ckpt_every=1)
+    recipe.train(tmp_path / "run", hp, progress=False)
+    fresh = recipe.new_model(hp.seed).state_dict()
+    trained = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "run" / "final").state_dict()
+    vision = [k for k in fresh if "vision" in k or "embed_vision" in k]
+    language = [k for k in fresh if "language_model" in k or ".decoder." in k]
+    assert vision and language
+    assert all(torch.equal(fresh[k], trained[k]) for k in language)  # no language-model step yet
+    assert any(not torch.equal(fresh[k], trained[k]) for k in vision)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("obj_shape" in r and "diffusion" not in r for r in rows)
+    acc = recipe.head_accuracy(tmp_path / "run" / "checkpoint.pt", scenes=2)
+    assert acc["step"] == 2 and set(acc) == {"step", "vision", "embedded"}
+    assert all(0.0 <= v <= 1.0 for part in ("vision", "embedded") for v in acc[part].values())
 
 
 def test_auxiliary_targets_follow_the_objects():

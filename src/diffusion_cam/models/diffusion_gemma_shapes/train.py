@@ -66,16 +66,23 @@ _FINAL = "final"
 class HParams:
     """The shipped recipe's settings are the defaults."""
 
-    steps: int = 800
+    steps: int = 1800
     batch_images: int = 8
     captions_per_image: int = 1
-    questions_per_image: int = 1  # of the colour / shape / count kinds, drawn at random
+    questions_per_image: int = 3  # of the colour / shape / count kinds (all three, or drawn at random)
+    canvases_per_prompt: int = 4  # noisy canvases decoded per encoder pass: the decoder is ~5 % of a step
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
     aux_weight: float = 1.0
     aux_weight_final: float = 0.1
     sc_prob: float = 0.5
+    #: encoder block whose image-token outputs the auxiliary heads also classify (-1: none); see the module docstring
+    lm_aux_layer: int = -1
+    #: stage 1: steps of the auxiliary heads alone (vision tower + embedder) before the full objective's ``steps``
+    vision_steps: int = 0
+    vision_lr: float = 6e-3
+    vision_layers: int = 2  # blocks of the vision tower
     seed: int = 0
     threads: int = 1  # one thread: on a shared 2-core machine two threads ran 10x slower per step
     eval_every: int = 100
@@ -143,30 +150,44 @@ class Heads(nn.Module):
         self.shape = nn.Linear(width, len(sw.SHAPES) + 1)
         self.rank = nn.Linear(width, 4)
 
-    def loss(self, feats: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
-        heads = (self.colour, self.shape, self.rank)
-        losses, correct, total = [], 0, 0
-        for j, head in enumerate(heads):
+    def loss(self, feats: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean cross-entropy of the three heads, and accuracies: over every labelled token (``patch``) and, per
+        head, over the tokens of objects (``colour``, ``shape``, ``rank``: background is most tokens)."""
+        heads = {"colour": self.colour, "shape": self.shape, "rank": self.rank}
+        losses, correct, total, acc = [], 0, 0, {}
+        for j, (name, head) in enumerate(heads.items()):
             logits = head(feats)
             losses.append(F.cross_entropy(logits, target[:, j], ignore_index=-100))
+            hit = logits.argmax(-1) == target[:, j]
             ok = target[:, j] >= 0
-            correct += int((logits.argmax(-1)[ok] == target[ok, j]).sum())
+            correct += int(hit[ok].sum())
             total += int(ok.sum())
-        return sum(losses) / len(heads), correct / max(total, 1)
+            obj = target[:, j] > 0
+            acc[name] = float(hit[obj].float().mean()) if obj.any() else 0.0
+        return sum(losses) / len(heads), {"patch": correct / max(total, 1), **acc}
 
 
 class AuxHeads(nn.Module):
-    """Colour / shape / rank heads on the vision tower's output and on the embedded soft tokens."""
+    """Colour / shape / rank heads on the vision tower's output, on the embedded soft tokens and, optionally, on
+    the image positions of one encoder block's output."""
 
-    def __init__(self, vision_width: int, text_width: int) -> None:
+    def __init__(self, vision_width: int, text_width: int, encoder_block: bool = False) -> None:
         super().__init__()
         self.vision = Heads(vision_width)
         self.embedded = Heads(text_width)
+        self.encoder = Heads(text_width) if encoder_block else None
 
-    def loss(self, vision: torch.Tensor, embedded: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def loss(self, vision: torch.Tensor, embedded: torch.Tensor, target: torch.Tensor,
+             encoded: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The mean loss, the vision heads' ``patch_acc`` and the object-token accuracies of the heads on what
+        the language model reads (``obj_colour``, ``obj_shape``, ``obj_rank``)."""
         lv, acc = self.vision.loss(vision, target)
-        le, _ = self.embedded.loss(embedded, target)
-        return (lv + le) / 2, acc
+        le, read = self.embedded.loss(embedded, target)
+        stats = {"patch_acc": acc["patch"], **{f"obj_{k}": v for k, v in read.items() if k != "patch"}}
+        if encoded is None or self.encoder is None:
+            return (lv + le) / 2, stats
+        lb, _ = self.encoder.loss(encoded, target)
+        return (lv + le + lb) / 3, stats
 
 
 # ----------------------------------------------------------------------------- forward
@@ -216,7 +237,6 @@ def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[
     gen = torch.Generator().manual_seed(hp.seed * 1_000_003 + step)
     scenes = [sw.generate_scene(rng) for _ in range(hp.batch_images)]
     vis_hidden, soft, n_soft = runner.vision([s.image for s in scenes])
-    aux, patch_acc = heads.loss(vis_hidden, soft.reshape(-1, soft.shape[-1]), aux_targets(scenes))
     groups: dict[str, list[tuple[int, str, str]]] = {k: [] for k in KINDS}
     for i, s in enumerate(scenes):
         for kind, prompt in questions(s, rng, hp.captions_per_image, hp.questions_per_image):
@@ -224,30 +244,68 @@ def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[
     vocab = runner.model.config.text_config.vocab_size
     total, count, stats = 0.0, 0, {}
     n_seq = sum(len(g) for g in groups.values())
+    encoded = None
     for kind, items in groups.items():
         if not items:
             continue
         ids = torch.tensor([prompt_ids(runner.tok, p, n_soft) for _, p, _ in items])
         target = torch.tensor([canvas_ids(runner.tok, a) for _, _, a in items])
-        cache = runner.encode(ids, soft[[i for i, _, _ in items]])
-        n = len(items)
+        block = hp.lm_aux_layer if kind == "describe" and hp.lm_aux_layer >= 0 else None
+        with _block_output(runner.model, block) as seen:
+            cache = runner.encode(ids, soft[[i for i, _, _ in items]])
+        if seen:
+            # one caption per image, in image order: the image positions of each caption's encoder pass
+            image_rows = seen[0][ids == build.IMAGE].reshape(len(items), n_soft, -1)
+            encoded = torch.zeros_like(soft).index_copy(0, torch.tensor([i for i, _, _ in items]), image_rows)
+        n, k = len(items), hp.canvases_per_prompt
         # stratified noise levels keep every batch spread over easy and hard canvases
-        t = (torch.arange(n) + torch.rand(n, generator=gen)) / n
-        t = t[torch.randperm(n, generator=gen)].clamp(min=0.02)
-        noised = torch.rand(target.shape, generator=gen) < t[:, None]
-        canvas = torch.where(noised, torch.randint(0, vocab, target.shape, generator=gen), target)
-        use_sc = torch.rand(n, generator=gen) < hp.sc_prob
-        temperature = 0.4 + 0.4 * torch.rand(n, 1, 1, generator=gen)
-        with torch.no_grad():
-            first = runner.decode(cache, canvas, ids.shape[1])
-        logits = runner.decode(cache, canvas, ids.shape[1], sc_logits=first / temperature, sc_mask=use_sc)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-        total = total + loss * (n / n_seq)
+        t = (torch.arange(n * k) + torch.rand(n * k, generator=gen)) / (n * k)
+        t = t[torch.randperm(n * k, generator=gen)].clamp(min=0.02).reshape(k, n)
+        for j in range(k):
+            noised = torch.rand(target.shape, generator=gen) < t[j, :, None]
+            canvas = torch.where(noised, torch.randint(0, vocab, target.shape, generator=gen), target)
+            use_sc = torch.rand(n, generator=gen) < hp.sc_prob
+            temperature = 0.4 + 0.4 * torch.rand(n, 1, 1, generator=gen)
+            with torch.no_grad():
+                first = runner.decode(cache, canvas, ids.shape[1])
+            logits = runner.decode(cache, canvas, ids.shape[1], sc_logits=first / temperature, sc_mask=use_sc)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+            total = total + loss * (n / n_seq / k)
         with torch.no_grad():
             stats[f"acc_{kind}"] = float((logits.argmax(-1) == target).all(-1).float().mean())
+    aux, aux_stats = heads.loss(vis_hidden, soft.reshape(-1, soft.shape[-1]), aux_targets(scenes),
+                                None if encoded is None else encoded.reshape(-1, encoded.shape[-1]))
     weight = hp.aux_weight_final + (hp.aux_weight - hp.aux_weight_final) * max(0.0, 1 - step / max(1, hp.steps))
-    stats.update(diffusion=float(total.detach()), aux=float(aux.detach()), patch_acc=patch_acc)
+    stats.update(diffusion=float(total.detach()), aux=float(aux.detach()), **aux_stats)
     return total + weight * aux, stats
+
+
+def vision_step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[torch.Tensor, dict]:
+    """Stage 1: the auxiliary heads alone, on the vision tower and the embedded soft tokens (no language model
+    pass, so a step costs about a quarter of a full one)."""
+    rng = np.random.default_rng([hp.seed, 2, step])
+    scenes = [sw.generate_scene(rng) for _ in range(hp.batch_images)]
+    vis_hidden, soft, _ = runner.vision([s.image for s in scenes])
+    aux, stats = heads.loss(vis_hidden, soft.reshape(-1, soft.shape[-1]), aux_targets(scenes))
+    return aux, {"aux": float(aux.detach()), **stats}
+
+
+class _block_output:
+    """Collects the output of encoder block ``index`` (nothing when ``index`` is None) during a ``with``."""
+
+    def __init__(self, model, index: int | None) -> None:
+        self.layer = None if index is None else model.model.encoder.language_model.layers[index]
+        self.seen: list[torch.Tensor] = []
+
+    def __enter__(self) -> list[torch.Tensor]:
+        if self.layer is not None:
+            self.handle = self.layer.register_forward_hook(
+                lambda _m, _i, out: self.seen.append(out[0] if isinstance(out, tuple) else out))
+        return self.seen
+
+    def __exit__(self, *exc) -> None:
+        if self.layer is not None:
+            self.handle.remove()
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -296,17 +354,22 @@ def evaluate(runner: Runner, per_kind: int, seed: int = EVAL_SEED) -> dict[str, 
 # ----------------------------------------------------------------------------- loop
 
 def _lr_at(step: int, hp: HParams) -> float:
+    """Learning rate at global step ``step``: stage 1 warms up to ``vision_lr`` and stays; stage 2 starts its own
+    warm-up and cosine decay."""
+    if step < hp.vision_steps:
+        return hp.vision_lr * min(1.0, (step + 1) / hp.warmup)
+    step -= hp.vision_steps
     if step < hp.warmup:
         return hp.lr * (step + 1) / hp.warmup
     progress = (step - hp.warmup) / max(1, hp.steps - hp.warmup)
     return hp.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def new_model(seed: int):
+def new_model(seed: int, vision_layers: int = 2):
     from transformers import DiffusionGemmaForBlockDiffusion
 
     torch.manual_seed(seed)
-    return DiffusionGemmaForBlockDiffusion(build.make_config())
+    return DiffusionGemmaForBlockDiffusion(build.make_config(vision={"num_hidden_layers": vision_layers}))
 
 
 def save_checkpoint_folder(model, folder: Path) -> None:
@@ -335,8 +398,9 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(hp.threads)
-    model = new_model(hp.seed).train()
-    heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size)
+    model = new_model(hp.seed, hp.vision_layers).train()
+    heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size,
+                     encoder_block=hp.lm_aux_layer >= 0)
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.98))
     start, elapsed = 0, 0.0
@@ -354,10 +418,13 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
             raise ValueError(f"{ck} was written with other settings: {saved}; rerun with those to resume")
     runner = Runner(model, build.make_tokenizer(), build.make_processor())
     t0 = time.time() - elapsed
-    for step in range(start, hp.steps):
+    for step in range(start, hp.vision_steps + hp.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, hp)
-        loss, stats = step_loss(runner, heads, hp, step)
+        if step < hp.vision_steps:
+            loss, stats = vision_step_loss(runner, heads, hp, step)
+        else:  # stage 2 draws the same data as a run without stage 1
+            loss, stats = step_loss(runner, heads, hp, step - hp.vision_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -365,7 +432,8 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
         done = step + 1
         row = {"step": done, "loss": round(float(loss.detach()), 4), "time": round(time.time() - t0, 1),
                **{k: round(v, 4) for k, v in stats.items()}}
-        if done % hp.eval_every == 0 or done == hp.steps:
+        last = hp.vision_steps + hp.steps
+        if done > hp.vision_steps and ((done - hp.vision_steps) % hp.eval_every == 0 or done == last):
             model.eval()
             row["eval"] = evaluate(runner, hp.eval_per_kind)
             model.train()
@@ -373,27 +441,65 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
             fh.write(json.dumps(row) + "\n")
         if progress and (done % 10 == 0 or "eval" in row):
             print(json.dumps(row), flush=True)
-        if done % hp.ckpt_every == 0 or done == hp.steps:
+        if done % hp.ckpt_every == 0 or done == last:
             tmp = ck.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
                         "step": done, "elapsed": time.time() - t0, "hparams": asdict(hp)}, tmp)
             tmp.replace(ck)  # a kill mid-write leaves the previous checkpoint intact
     model.eval()
     save_checkpoint_folder(model, out / _FINAL)
-    summary = {"steps": hp.steps, "wall_s": round(time.time() - t0, 1), "hparams": asdict(hp)}
+    summary = {"steps": hp.vision_steps + hp.steps, "wall_s": round(time.time() - t0, 1), "hparams": asdict(hp)}
     (out / _FINAL / "training.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
+@torch.no_grad()
+def head_accuracy(checkpoint: str | Path, scenes: int = 16, seed: int = EVAL_SEED) -> dict[str, Any]:
+    """Object-token accuracy of a training checkpoint's auxiliary heads on fresh scenes: how well colour, shape and
+    left-to-right rank can be read off the vision tower's output, the embedded soft tokens and, when the recipe
+    supervises one, an encoder block's image positions."""
+    state = torch.load(checkpoint, weights_only=True)
+    hp = HParams(**{**asdict(RECIPE), **state["hparams"]})
+    model = new_model(hp.seed, hp.vision_layers).eval()
+    model.load_state_dict(state["model"])
+    heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size,
+                     encoder_block=hp.lm_aux_layer >= 0)
+    heads.load_state_dict(state["heads"])
+    runner = Runner(model, build.make_tokenizer(), build.make_processor())
+    rng = np.random.default_rng(seed)
+    drawn = [sw.generate_scene(rng) for _ in range(scenes)]
+    vis_hidden, soft, n_soft = runner.vision([s.image for s in drawn])
+    target = aux_targets(drawn)
+    features = {"vision": (heads.vision, vis_hidden), "embedded": (heads.embedded, soft.reshape(-1, soft.shape[-1]))}
+    if heads.encoder is not None:
+        ids = torch.tensor([prompt_ids(runner.tok, sw.PROMPT_DESCRIBE, n_soft)] * scenes)
+        with _block_output(model, hp.lm_aux_layer) as seen:
+            runner.encode(ids, soft)
+        features["encoder block"] = (heads.encoder, seen[0][ids == build.IMAGE])
+    out: dict[str, Any] = {"step": int(state["step"])}
+    for name, (head, feats) in features.items():
+        _, acc = head.loss(feats, target)
+        out[name] = {k: round(v, 3) for k, v in acc.items() if k != "patch"}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="train diffusion-gemma-shapes (resumable: rerun to continue)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--heads", metavar="CHECKPOINT", default=None,
+                   help="only print the object-token accuracy of a training checkpoint's auxiliary heads")
+    p.add_argument("--out", required=False)
     defaults = HParams()
     for name, value in asdict(defaults).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--no-progress", action="store_true")
     a = vars(p.parse_args(argv))
-    out, quiet = a.pop("out"), a.pop("no_progress")
+    out, quiet, checkpoint = a.pop("out"), a.pop("no_progress"), a.pop("heads")
+    if checkpoint is not None:
+        result = head_accuracy(checkpoint)
+        print(json.dumps(result))
+        return result
+    if out is None:
+        p.error("--out is required")
     return train(out, HParams(**a), progress=not quiet)
 
 
