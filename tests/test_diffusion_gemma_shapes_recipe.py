@@ -106,7 +106,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
 
 def test_stage_one_trains_the_vision_side_only_and_its_heads_can_be_read(tmp_path):
-    hp = recipe.HParams(vision_steps=2, steps=0, batch_images=1, warmup=1, ckpt_every=1)
+    hp = recipe.HParams(vision_steps=2, steps=0, batch_images=2, warmup=1, ckpt_every=1, object_shape=True)
     recipe.train(tmp_path / "run", hp, progress=False)
     fresh = recipe.new_model(hp.seed).state_dict()
     trained = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "run" / "final").state_dict()
@@ -116,10 +116,28 @@ def test_stage_one_trains_the_vision_side_only_and_its_heads_can_be_read(tmp_pat
     assert all(torch.equal(fresh[k], trained[k]) for k in language)  # no language-model step yet
     assert any(not torch.equal(fresh[k], trained[k]) for k in vision)
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and all("obj_shape" in r and "diffusion" not in r for r in rows)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all("obj_shape" in r and 0 <= r["object_shape"] <= 1 and "diffusion" not in r for r in rows)
     acc = recipe.head_accuracy(tmp_path / "run" / "checkpoint.pt", scenes=2)
-    assert acc["step"] == 2 and set(acc) == {"step", "vision", "embedded"}
+    assert acc["step"] == 2 and set(acc) == {"step", "vision", "embedded"} and "object_shape" in acc["embedded"]
     assert all(0.0 <= v <= 1.0 for part in ("vision", "embedded") for v in acc[part].values())
+
+
+def test_the_object_shape_head_reads_one_label_per_object():
+    scenes = [shapes.generate_scene(s, n_objects=n) for s, n in ((11, 3), (12, 1))]
+    heads = recipe.AuxHeads(64, 8, object_shape=True)
+    target = recipe.aux_targets(scenes)
+    torch.manual_seed(0)
+    embedded = torch.randn(len(target), 8)
+    seen = []
+    heads.objects.forward = lambda x: seen.append(x) or torch.zeros(len(x), len(shapes.SHAPES))
+    loss, accuracy = heads.object_loss(embedded, target)
+    (pooled,) = seen
+    assert pooled.shape == (4, 8)  # 3 + 1 objects
+    grid = recipe.GRID * recipe.GRID
+    first = target[:grid]
+    assert torch.allclose(pooled[0], embedded[:grid][first[:, 2] == 1].mean(0))
+    assert float(loss) == pytest.approx(float(np.log(len(shapes.SHAPES))))
 
 
 def test_auxiliary_targets_follow_the_objects():

@@ -79,6 +79,8 @@ class HParams:
     sc_prob: float = 0.5
     #: encoder block whose image-token outputs the auxiliary heads also classify (-1: none); see the module docstring
     lm_aux_layer: int = -1
+    #: also classify each object's shape from the mean of its embedded soft tokens (one label per object)
+    object_shape: bool = False
     #: stage 1: steps of the auxiliary heads alone (vision tower + embedder) before the full objective's ``steps``
     vision_steps: int = 0
     vision_lr: float = 6e-3
@@ -171,11 +173,29 @@ class AuxHeads(nn.Module):
     """Colour / shape / rank heads on the vision tower's output, on the embedded soft tokens and, optionally, on
     the image positions of one encoder block's output."""
 
-    def __init__(self, vision_width: int, text_width: int, encoder_block: bool = False) -> None:
+    def __init__(self, vision_width: int, text_width: int, encoder_block: bool = False,
+                 object_shape: bool = False) -> None:
         super().__init__()
         self.vision = Heads(vision_width)
         self.embedded = Heads(text_width)
         self.encoder = Heads(text_width) if encoder_block else None
+        self.objects = nn.Linear(text_width, len(sw.SHAPES)) if object_shape else None
+
+    def object_loss(self, embedded: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Shape of every object from the mean of its soft tokens: one label per object, where the per-token
+        target asks an object's inner tokens, which all look alike, for its outline."""
+        tokens = embedded.reshape(-1, GRID * GRID, embedded.shape[-1])
+        per_image = target.reshape(len(tokens), GRID * GRID, 3)
+        pooled, shapes_ = [], []
+        for feats, t in zip(tokens, per_image):
+            for rank in t[:, 2].unique().tolist():
+                if rank > 0:
+                    mine = t[:, 2] == rank
+                    pooled.append(feats[mine].mean(0))
+                    shapes_.append(int(t[mine, 1][0]) - 1)
+        logits = self.objects(torch.stack(pooled))
+        wanted = torch.tensor(shapes_)
+        return F.cross_entropy(logits, wanted), float((logits.argmax(-1) == wanted).float().mean())
 
     def loss(self, vision: torch.Tensor, embedded: torch.Tensor, target: torch.Tensor,
              encoded: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -184,10 +204,13 @@ class AuxHeads(nn.Module):
         lv, acc = self.vision.loss(vision, target)
         le, read = self.embedded.loss(embedded, target)
         stats = {"patch_acc": acc["patch"], **{f"obj_{k}": v for k, v in read.items() if k != "patch"}}
-        if encoded is None or self.encoder is None:
-            return (lv + le) / 2, stats
-        lb, _ = self.encoder.loss(encoded, target)
-        return (lv + le + lb) / 3, stats
+        losses = [lv, le]
+        if encoded is not None and self.encoder is not None:
+            losses.append(self.encoder.loss(encoded, target)[0])
+        if self.objects is not None:
+            lo, stats["object_shape"] = self.object_loss(embedded, target)
+            losses.append(lo)
+        return sum(losses) / len(losses), stats
 
 
 # ----------------------------------------------------------------------------- forward
@@ -400,7 +423,7 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
     torch.set_num_threads(hp.threads)
     model = new_model(hp.seed, hp.vision_layers).train()
     heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size,
-                     encoder_block=hp.lm_aux_layer >= 0)
+                     encoder_block=hp.lm_aux_layer >= 0, object_shape=hp.object_shape)
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.98))
     start, elapsed = 0, 0.0
@@ -463,7 +486,7 @@ def head_accuracy(checkpoint: str | Path, scenes: int = 16, seed: int = EVAL_SEE
     model = new_model(hp.seed, hp.vision_layers).eval()
     model.load_state_dict(state["model"])
     heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size,
-                     encoder_block=hp.lm_aux_layer >= 0)
+                     encoder_block=hp.lm_aux_layer >= 0, object_shape=hp.object_shape)
     heads.load_state_dict(state["heads"])
     runner = Runner(model, build.make_tokenizer(), build.make_processor())
     rng = np.random.default_rng(seed)
@@ -480,6 +503,8 @@ def head_accuracy(checkpoint: str | Path, scenes: int = 16, seed: int = EVAL_SEE
     for name, (head, feats) in features.items():
         _, acc = head.loss(feats, target)
         out[name] = {k: round(v, 3) for k, v in acc.items() if k != "patch"}
+    if heads.objects is not None:
+        out["embedded"]["object_shape"] = round(heads.object_loss(features["embedded"][1], target)[1], 3)
     return out
 
 
