@@ -221,3 +221,12 @@ def test_without_shipped_weights_the_name_says_how_to_get_them(tmp_path, monkeyp
     monkeypatch.setattr(diffusion_gemma_shapes, "WEIGHTS_DIR", tmp_path / "absent")
     with pytest.raises(ModelLoadError, match="train-shapes --arch diffusion-gemma"):
         dc.load_model("diffusion-gemma-shapes")
+
+
+def test_switches_on_the_command_line_are_flags(monkeypatch):
+    seen = []
+    monkeypatch.setattr(recipe, "train", lambda out, hp, progress=True: seen.append(hp))
+    recipe.main(["--out", "unused", "--object-shape", "--vision-steps", "3"])
+    recipe.main(["--out", "unused"])
+    assert (seen[0].object_shape, seen[0].vision_steps) == (True, 3)
+    assert seen[1].object_shape is False and seen[1] == recipe.RECIPE.with_options()

@@ -515,7 +515,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--out", required=False)
     defaults = HParams()
     for name, value in asdict(defaults).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        if isinstance(value, bool):  # a switch: bool("False") would be True
+            p.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=value)
+        else:
+            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--no-progress", action="store_true")
     a = vars(p.parse_args(argv))
     out, quiet, checkpoint = a.pop("out"), a.pop("no_progress"), a.pop("heads")
