@@ -50,9 +50,15 @@ def load_diffusion_gemma_shapes(verify: bool = True, **options: Any) -> Adapter:
     return adapter
 
 
+def _shipped() -> bool:
+    from ..models import diffusion_gemma_shapes
+
+    return (diffusion_gemma_shapes.WEIGHTS_DIR / "config.json").is_file()
+
+
 register_model(ModelEntry(
     name="diffusion-gemma-shapes", loader=load_diffusion_gemma_shapes, family="diffusion-gemma",
-    verified="n/a (built-in, trained by the project)",
+    verified="n/a (built-in)" if _shipped() else "n/a (weights not in this version)",
     description="stock transformers DiffusionGemmaForBlockDiffusion trained on the Shapes world, loaded from "
                 "the package's checkpoint folder when it holds weights (needs transformers>=5.13)",
 ))
