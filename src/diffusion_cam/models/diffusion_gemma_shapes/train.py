@@ -39,12 +39,13 @@ evaluation uses ``EVAL_SEED`` scenes, which training never draws.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ class HParams:
     batch_images: int = 8
     captions_per_image: int = 1
     questions_per_image: int = 3  # of the colour / shape / count kinds (all three, or drawn at random)
-    canvases_per_prompt: int = 4  # noisy canvases decoded per encoder pass: the decoder is ~5 % of a step
+    canvases_per_prompt: int = 4  # noisy canvases decoded per encoder pass: a decoder pass is ~1 % of an encoder's
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
@@ -265,7 +266,7 @@ def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[
         for kind, prompt in questions(s, rng, hp.captions_per_image, hp.questions_per_image):
             groups[kind].append((i, prompt, sw.answer(s, prompt)))
     vocab = runner.model.config.text_config.vocab_size
-    total, count, stats = 0.0, 0, {}
+    total, stats = 0.0, {}
     n_seq = sum(len(g) for g in groups.values())
     encoded = None
     for kind, items in groups.items():
@@ -305,7 +306,7 @@ def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[
 
 def vision_step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[torch.Tensor, dict]:
     """Stage 1: the auxiliary heads alone, on the vision tower and the embedded soft tokens (no language model
-    pass, so a step costs about a quarter of a full one)."""
+    pass, so a step costs about a third of a full one)."""
     rng = np.random.default_rng([hp.seed, 2, step])
     scenes = [sw.generate_scene(rng) for _ in range(hp.batch_images)]
     vis_hidden, soft, _ = runner.vision([s.image for s in scenes])
@@ -313,22 +314,19 @@ def vision_step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) ->
     return aux, {"aux": float(aux.detach()), **stats}
 
 
-class _block_output:
+@contextlib.contextmanager
+def _block_output(model, index: int | None) -> Iterator[list[torch.Tensor]]:
     """Collects the output of encoder block ``index`` (nothing when ``index`` is None) during a ``with``."""
-
-    def __init__(self, model, index: int | None) -> None:
-        self.layer = None if index is None else model.model.encoder.language_model.layers[index]
-        self.seen: list[torch.Tensor] = []
-
-    def __enter__(self) -> list[torch.Tensor]:
-        if self.layer is not None:
-            self.handle = self.layer.register_forward_hook(
-                lambda _m, _i, out: self.seen.append(out[0] if isinstance(out, tuple) else out))
-        return self.seen
-
-    def __exit__(self, *exc) -> None:
-        if self.layer is not None:
-            self.handle.remove()
+    seen: list[torch.Tensor] = []
+    if index is None:
+        yield seen
+        return
+    layer = model.model.encoder.language_model.layers[index]
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -395,6 +393,14 @@ def new_model(seed: int, vision_layers: int = 2):
     return DiffusionGemmaForBlockDiffusion(build.make_config(vision={"num_hidden_layers": vision_layers}))
 
 
+def model_and_heads(hp: HParams):
+    """A fresh model for the recipe ``hp`` and the auxiliary heads it trains with."""
+    model = new_model(hp.seed, hp.vision_layers)
+    heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size,
+                     encoder_block=hp.lm_aux_layer >= 0, object_shape=hp.object_shape)
+    return model, heads
+
+
 def save_checkpoint_folder(model, folder: Path) -> None:
     """A standard transformers checkpoint folder (config, safetensors, tokenizer, image processor, chat template,
     the sampler's settings) plus ``SHA256SUMS`` over its files."""
@@ -421,9 +427,8 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(hp.threads)
-    model = new_model(hp.seed, hp.vision_layers).train()
-    heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size,
-                     encoder_block=hp.lm_aux_layer >= 0, object_shape=hp.object_shape)
+    model, heads = model_and_heads(hp)
+    model.train()
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.98))
     start, elapsed = 0, 0.0
@@ -483,10 +488,8 @@ def head_accuracy(checkpoint: str | Path, scenes: int = 16, seed: int = EVAL_SEE
     supervises one, an encoder block's image positions."""
     state = torch.load(checkpoint, weights_only=True)
     hp = HParams(**{**asdict(RECIPE), **state["hparams"]})
-    model = new_model(hp.seed, hp.vision_layers).eval()
-    model.load_state_dict(state["model"])
-    heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size,
-                     encoder_block=hp.lm_aux_layer >= 0, object_shape=hp.object_shape)
+    model, heads = model_and_heads(hp)
+    model.eval().load_state_dict(state["model"])
     heads.load_state_dict(state["heads"])
     runner = Runner(model, build.make_tokenizer(), build.make_processor())
     rng = np.random.default_rng(seed)
