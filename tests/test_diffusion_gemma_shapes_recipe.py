@@ -84,7 +84,7 @@ def test_recorded_sampler_gives_the_tokens_of_the_models_own_generate(folder):
 
 
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    hp = recipe.HParams(steps=2, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1)
+    hp = recipe.HParams(vision_steps=0, steps=2, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1)
     recipe.train(tmp_path / "straight", hp, progress=False)
     real = recipe.step_loss
 
@@ -226,7 +226,30 @@ def test_without_shipped_weights_the_name_says_how_to_get_them(tmp_path, monkeyp
 def test_switches_on_the_command_line_are_flags(monkeypatch):
     seen = []
     monkeypatch.setattr(recipe, "train", lambda out, hp, progress=True: seen.append(hp))
-    recipe.main(["--out", "unused", "--object-shape", "--vision-steps", "3"])
+    recipe.main(["--out", "unused", "--no-object-shape", "--vision-steps", "3"])
     recipe.main(["--out", "unused"])
-    assert (seen[0].object_shape, seen[0].vision_steps) == (True, 3)
-    assert seen[1].object_shape is False and seen[1] == recipe.RECIPE.with_options()
+    assert (seen[0].object_shape, seen[0].vision_steps) == (False, 3)
+    assert seen[1].object_shape is True and seen[1] == recipe.RECIPE
+
+
+def test_a_run_inside_stage_one_may_change_its_length_and_is_then_the_shorter_run(tmp_path, monkeypatch):
+    planned = recipe.HParams(vision_steps=2, steps=1, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1,
+                             object_shape=True)
+    recipe.train(tmp_path / "planned", planned, progress=False)
+    real = recipe.vision_step_loss
+
+    def killed_at_the_third_step(runner, heads, hp_, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(runner, heads, hp_, step)
+
+    monkeypatch.setattr(recipe, "vision_step_loss", killed_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):  # planned with a longer stage 1, stopped after two of its steps
+        recipe.train(tmp_path / "changed", planned.with_options(vision_steps=4), progress=False)
+    monkeypatch.setattr(recipe, "vision_step_loss", real)
+    recipe.train(tmp_path / "changed", planned, progress=False)
+    a = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "planned" / "final").state_dict()
+    b = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "changed" / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="other settings"):  # past stage 1 its length is part of the run
+        recipe.train(tmp_path / "changed", planned.with_options(vision_steps=4), progress=False)
