@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import diffusion_cam as dc
-from diffusion_cam.adapters.config_adapter import ConfigAdapter, FamilySpec, builtin_specs, read_spec
+from diffusion_cam.adapters.config_adapter import ConfigAdapter, builtin_specs, read_spec
 from diffusion_cam.cli import main
 from diffusion_cam.errors import ModelLoadError, PromptError
 from diffusion_cam.extract import memory

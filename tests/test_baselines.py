@@ -140,7 +140,7 @@ def test_layercam_is_the_published_formula_on_uncentred_activations(tiny_mod, im
     exp = method.explain(img, PROMPT, targets=[0])
     np.testing.assert_array_equal(exp.maps, exp.raw_maps)
     run = method.generate(img, PROMPT)
-    from diffusion_cam.extract import Target, grid_gradients, target_scores
+    from diffusion_cam.extract import grid_gradients, target_scores
 
     seq, members = [(s, m) for s, m in method.forwards(run, [0])][0]
     targets = method.targets(run, members)

@@ -76,3 +76,21 @@ def test_progress_in_the_api(tiny, image, capsys):
     err = capsys.readouterr().err
     assert "denoising" in err and "backward" in err
     assert shown.answer == quiet.answer and (shown.grid_maps == quiet.grid_maps).all()  # the bar changes nothing
+
+
+def test_a_terminal_that_reports_no_size_still_gets_a_bar(monkeypatch):
+    import io
+    import os
+
+    from diffusion_cam.progress import bar
+
+    # how a bare pseudo-terminal answers both shutil's and tqdm's own size queries
+    monkeypatch.setattr(os, "get_terminal_size", lambda *a: os.terminal_size((0, 0)))
+    monkeypatch.setattr("tqdm.std._screen_shape_wrapper", lambda: (lambda fp: (0, 0)))
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stderr", out)
+    with bar(total=4, desc="bench", unit="item", mininterval=0) as b:
+        b.update(4)
+    assert "4/4" in out.getvalue() and "|" in out.getvalue()  # tqdm at width 0 writes the counts without a bar

@@ -16,6 +16,15 @@ from typing import Iterator
 _ACTIVE: ContextVar["Progress | None"] = ContextVar("diffusion_cam_progress", default=None)
 
 
+def bar(iterable=None, **options):
+    """A tqdm bar on stderr sized from the terminal: a terminal that reports 0 x 0 (a bare pseudo-terminal) gets
+    the 80 x 20 fallback, where tqdm's own sizing would draw nothing."""
+    from tqdm import tqdm
+
+    size = shutil.get_terminal_size((80, 20))
+    return tqdm(iterable, file=sys.stderr, ncols=size.columns, nrows=size.lines, **options)
+
+
 class Progress:
     """One tqdm bar per stage (``denoising``, ``backward``), opened when the stage first expects work."""
 
@@ -23,18 +32,14 @@ class Progress:
         self.bars: dict = {}
 
     def expect(self, stage: str, n: int) -> None:
-        from tqdm import tqdm
-
-        bar = self.bars.get(stage)
-        if bar is None:
+        opened = self.bars.get(stage)
+        if opened is None:
             unit = "step" if stage == "denoising" else "chunk"
-            # a terminal that reports a size of 0 x 0 (a bare pseudo-terminal) gets nothing drawn by tqdm
-            size = shutil.get_terminal_size((80, 20))
-            self.bars[stage] = tqdm(total=n, desc=stage, unit=unit, file=sys.stderr, ncols=size.columns,
-                                    nrows=size.lines, leave=False, position=len(self.bars), mininterval=0.2)
+            self.bars[stage] = bar(total=n, desc=stage, unit=unit, leave=False, position=len(self.bars),
+                                   mininterval=0.2)
         else:
-            bar.total += n  # the trajectory replays one forward per step: its chunks add up
-            bar.refresh()
+            opened.total += n  # the trajectory replays one forward per step: its chunks add up
+            opened.refresh()
 
     def advance(self, stage: str, n: int = 1) -> None:
         bar = self.bars.get(stage)

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import DiffusionCamError, OutputError, UnknownNameError
+from .errors import DiffusionCamError, UnknownNameError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .explanation import Explanation

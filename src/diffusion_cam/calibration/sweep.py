@@ -122,13 +122,13 @@ def check_inputs(images, prompts) -> tuple[list, list[str]]:
 def generate_queries(adapter, images, prompts, *, state: str = "trajectory", generation=None,
                      progress: bool = False) -> list[Query]:
     """Generate every image x prompt once (the answers every configuration explains)."""
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
 
     images, prompts = check_inputs(images, prompts)
     maker = DiffusionCAM(adapter, state=state, generation=generation, modules=())
     queries = []
     pairs = [(i, im, p) for i, im in enumerate(images) for p in prompts]
-    for i, im, p in tqdm(pairs, desc="generate", unit="answer", disable=not progress, dynamic_ncols=True):
+    for i, im, p in progress_bar(pairs, desc="generate", unit="answer", disable=not progress):
         name = str(im) if isinstance(im, (str, bytes)) or hasattr(im, "__fspath__") else f"image {i}"
         run = maker.generate(im, p)
         if not run.answer_ids:
@@ -272,7 +272,7 @@ def calibrate(adapter, images, prompts, *, cams=None, layers=None, scores=None, 
     image and prompt, then per configuration and answer token ``2 * steps``
     batched forwards of perturbed images (fewer when rankings coincide).
     """
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
 
     if fill not in REPLACEMENTS:
         raise UnknownNameError(f"unknown fill {fill!r}; choose one of {', '.join(REPLACEMENTS)}")
@@ -286,8 +286,8 @@ def calibrate(adapter, images, prompts, *, cams=None, layers=None, scores=None, 
                   chunk_size=chunk_size)
     first = grid.factorial() if full else grid.stage_one()
     n_second = 0 if full else max(len(grid.scores) - 1 + len(grid.borders) - 1, 0)
-    with tqdm(total=(len(first) + n_second) * len(queries), desc="calibrate", unit="map set",
-              disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(total=(len(first) + n_second) * len(queries), desc="calibrate", unit="map set",
+                      disable=not progress) as bar:
         rows = sweep(adapter, queries, first, stage=1, bar=bar, **common)
         if not full:
             best = _ranked(rows)[0].config

@@ -23,7 +23,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from ..errors import OutputError, UnknownNameError
 from ..methods import get_method
@@ -216,11 +215,11 @@ class BenchRunner:
         """Process this rank's pending items; returns the number of records written."""
         self.check_config()
         mine, pending = self.todo()
-        from tqdm import tqdm
+        from ..progress import bar as progress_bar
 
         written = 0
-        with ShardWriter(shard_path(self.out, self.rank, self.world)) as writer, tqdm(
-            total=len(mine), initial=len(mine) - len(pending), unit="item", dynamic_ncols=True,
+        with ShardWriter(shard_path(self.out, self.rank, self.world)) as writer, progress_bar(
+            total=len(mine), initial=len(mine) - len(pending), unit="item",
             desc=f"bench{'' if self.world == 1 else f' rank {self.rank}'}",
             disable=not self.config.progress, position=self.rank, leave=True,
         ) as bar:
