@@ -232,9 +232,11 @@ def test_switches_on_the_command_line_are_flags(monkeypatch):
     assert seen[1].object_shape is True and seen[1] == recipe.RECIPE
 
 
-def test_a_run_inside_stage_one_may_change_its_length_and_is_then_the_shorter_run(tmp_path, monkeypatch):
+def test_a_run_inside_stage_one_may_change_what_stage_one_never_reads(tmp_path, monkeypatch):
+    """Stage 1's length, stage 2's settings and the encoder-block heads: the resumed run is the run planned with the
+    new settings from the start, weight for weight."""
     planned = recipe.HParams(vision_steps=2, steps=1, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1,
-                             object_shape=True)
+                             object_shape=True, lm_aux_layer=1, lr=3e-3)
     recipe.train(tmp_path / "planned", planned, progress=False)
     real = recipe.vision_step_loss
 
@@ -244,12 +246,13 @@ def test_a_run_inside_stage_one_may_change_its_length_and_is_then_the_shorter_ru
         return real(runner, heads, hp_, step)
 
     monkeypatch.setattr(recipe, "vision_step_loss", killed_at_the_third_step)
-    with pytest.raises(KeyboardInterrupt):  # planned with a longer stage 1, stopped after two of its steps
-        recipe.train(tmp_path / "changed", planned.with_options(vision_steps=4), progress=False)
+    with pytest.raises(KeyboardInterrupt):  # planned otherwise, stopped after two of its stage-1 steps
+        recipe.train(tmp_path / "changed", planned.with_options(vision_steps=4, steps=3, lm_aux_layer=-1, lr=2e-3),
+                     progress=False)
     monkeypatch.setattr(recipe, "vision_step_loss", real)
     recipe.train(tmp_path / "changed", planned, progress=False)
     a = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "planned" / "final").state_dict()
     b = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "changed" / "final").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="other settings"):  # past stage 1 its length is part of the run
+    with pytest.raises(ValueError, match="other settings"):  # past stage 1 they are part of the run
         recipe.train(tmp_path / "changed", planned.with_options(vision_steps=4), progress=False)

@@ -105,7 +105,11 @@ class HParams:
 
 RECIPE = HParams()
 #: settings that do not change what is trained, so a run may resume with other values
-_FREE = ("threads",)
+_FREE = ("threads", "ckpt_every")
+#: settings stage 1 never reads (its rate is ``vision_lr``, its data drawn by step number, the encoder-block heads
+#: get no gradient in it): a run still inside stage 1 is the same run whatever they are, so it may change them
+_STAGE_TWO = ("vision_steps", "steps", "captions_per_image", "questions_per_image", "canvases_per_prompt", "lr",
+              "aux_weight", "aux_weight_final", "sc_prob", "lm_aux_layer", "eval_every", "eval_per_kind")
 
 
 # ----------------------------------------------------------------------------- data
@@ -186,8 +190,9 @@ class AuxHeads(nn.Module):
         super().__init__()
         self.vision = Heads(vision_width)
         self.embedded = Heads(text_width)
-        self.encoder = Heads(text_width) if encoder_block else None
         self.objects = nn.Linear(text_width, len(sw.SHAPES)) if object_shape else None
+        # made last, so that its parameters come last and the other heads start the same with or without it
+        self.encoder = Heads(text_width) if encoder_block else None
 
     def object_loss(self, embedded: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Shape of every object from the mean of its soft tokens: one label per object, where the per-token
@@ -443,18 +448,22 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
     log = out / "log.jsonl"
     if ck.exists():
         state = torch.load(ck, weights_only=True)
-        model.load_state_dict(state["model"])
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["opt"])
         start, elapsed = int(state["step"]), float(state["elapsed"])
         saved = {k: v for k, v in (state.get("hparams") or {}).items() if k not in _FREE}
         wanted = {k: v for k, v in asdict(hp).items() if k not in _FREE}
-        if start <= min(saved.get("vision_steps", 0), hp.vision_steps):
-            # stage 1 keeps a constant rate and draws its data by step number, so a run still inside it is the
-            # same run whatever its planned length: stage 1 may be shortened or lengthened on resume
-            saved["vision_steps"] = hp.vision_steps
+        in_stage_one = start <= min(saved.get("vision_steps", 0), hp.vision_steps)
+        if in_stage_one:
+            saved.update({k: wanted[k] for k in _STAGE_TWO})
         if saved != wanted:
             raise ValueError(f"{ck} was written with other settings: {saved}; rerun with those to resume")
+        model.load_state_dict(state["model"])
+        # in stage 1 the encoder-block heads have not moved from their initial values, which come last
+        heads.load_state_dict(state["heads"], strict=not in_stage_one)
+        if in_stage_one:
+            group = state["opt"]["param_groups"][0]
+            group["params"] = list(range(len(params)))
+            state["opt"]["state"] = {i: v for i, v in state["opt"]["state"].items() if i < len(params)}
+        opt.load_state_dict(state["opt"])
     runner = Runner(model, build.make_tokenizer(), build.make_processor())
     t0 = time.time() - elapsed
     for step in range(start, hp.vision_steps + hp.steps):
