@@ -83,26 +83,36 @@ def test_recorded_sampler_gives_the_tokens_of_the_models_own_generate(folder):
             assert ours == theirs, (seed, prompt)
 
 
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    hp = recipe.HParams(vision_steps=0, steps=2, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1)
-    recipe.train(tmp_path / "straight", hp, progress=False)
-    real = recipe.step_loss
+def _killed(monkeypatch, out, hp, loss: str, at_step: int) -> None:
+    """Run ``hp`` in ``out`` and stop it, as a kill would, when the step function ``loss`` is asked for
+    ``at_step`` (counted as that function counts)."""
+    real = getattr(recipe, loss)
 
-    def killed_at_the_second_step(runner, heads, hp_, step):
-        if step == 1:
+    def stopping(runner, heads, hp_, step):
+        if step == at_step:
             raise KeyboardInterrupt
         return real(runner, heads, hp_, step)
 
-    monkeypatch.setattr(recipe, "step_loss", killed_at_the_second_step)
+    monkeypatch.setattr(recipe, loss, stopping)
     with pytest.raises(KeyboardInterrupt):
-        recipe.train(tmp_path / "resumed", hp, progress=False)
-    monkeypatch.setattr(recipe, "step_loss", real)
+        recipe.train(out, hp, progress=False)
+    monkeypatch.setattr(recipe, loss, real)
+
+
+def _same_final_weights(a, b) -> bool:
+    a = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(a / "final").state_dict()
+    b = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(b / "final").state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    hp = recipe.HParams(vision_steps=0, steps=2, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1)
+    recipe.train(tmp_path / "straight", hp, progress=False)
+    _killed(monkeypatch, tmp_path / "resumed", hp, "step_loss", 1)
     with pytest.raises(ValueError, match="other settings"):
         recipe.train(tmp_path / "resumed", hp.with_options(lr=1e-4), progress=False)
     recipe.train(tmp_path / "resumed", hp, progress=False)
-    a = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "straight" / "final").state_dict()
-    b = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "resumed" / "final").state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_final_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_stage_one_trains_the_vision_side_only_and_its_heads_can_be_read(tmp_path):
@@ -238,21 +248,10 @@ def test_a_run_inside_stage_one_may_change_what_stage_one_never_reads(tmp_path, 
     planned = recipe.HParams(vision_steps=2, steps=1, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1,
                              object_shape=True, lm_aux_layer=1, lr=3e-3)
     recipe.train(tmp_path / "planned", planned, progress=False)
-    real = recipe.vision_step_loss
-
-    def killed_at_the_third_step(runner, heads, hp_, step):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real(runner, heads, hp_, step)
-
-    monkeypatch.setattr(recipe, "vision_step_loss", killed_at_the_third_step)
-    with pytest.raises(KeyboardInterrupt):  # planned otherwise, stopped after two of its stage-1 steps
-        recipe.train(tmp_path / "changed", planned.with_options(vision_steps=4, steps=3, lm_aux_layer=-1, lr=2e-3),
-                     progress=False)
-    monkeypatch.setattr(recipe, "vision_step_loss", real)
+    # planned otherwise, stopped after two of its stage-1 steps
+    _killed(monkeypatch, tmp_path / "changed", planned.with_options(vision_steps=4, steps=3, lm_aux_layer=-1, lr=2e-3),
+            "vision_step_loss", 2)
     recipe.train(tmp_path / "changed", planned, progress=False)
-    a = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "planned" / "final").state_dict()
-    b = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "changed" / "final").state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_final_weights(tmp_path / "planned", tmp_path / "changed")
     with pytest.raises(ValueError, match="other settings"):  # past stage 1 they are part of the run
         recipe.train(tmp_path / "changed", planned.with_options(vision_steps=4), progress=False)
