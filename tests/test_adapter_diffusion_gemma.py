@@ -124,6 +124,24 @@ def test_trajectory_replay_matches_generation(adapter):
     assert int(result.sequence[-1]) == FINAL
 
 
+def test_each_committed_token_records_its_probability_at_the_step_that_committed_it(adapter):
+    """A slot is committed at the first step from which its argmax stays; its recorded probability is the
+    untempered softmax of that step's logits at that token (the confidence grounding reads)."""
+    inputs = adapter.prepare([image(48, 72, seed=3)], "describe the image", 8)
+    result = adapter.generate(inputs, adapter.default_generation)
+    seen = 0
+    for step in result.steps:
+        assert len(step.probabilities) == len(step.committed) == len(step.committed_ids)
+        if not step.committed:
+            continue
+        with torch.no_grad():
+            logits = adapter.forward(inputs, step.sequence[None])[0][inputs.answer_slice].float()
+        expected = torch.softmax(logits, -1)[step.committed, step.committed_ids]
+        assert step.probabilities == pytest.approx(expected.tolist(), abs=1e-5)
+        seen += len(step.committed)
+    assert seen == len(result.answer_ids)
+
+
 def test_logits_at_positions_equal_the_full_forward(adapter):
     inputs = adapter.prepare([image(48, 72)], "describe the image", 8)
     result = adapter.generate(inputs, adapter.default_generation)

@@ -356,6 +356,7 @@ class DiffusionGemmaAdapter(Adapter):
             canvas = torch.randint(0, self.vocab_size, (size,), generator=rng).to(device)
             sc_logits = None
             argmaxes: list[torch.Tensor] = []
+            confidences: list[torch.Tensor] = []  # per step, the untempered probability of each slot's argmax
             first = len(record)
             for i in range(steps):
                 progress.advance("denoising")
@@ -382,6 +383,7 @@ class DiffusionGemmaAdapter(Adapter):
                 noise = torch.randint(0, self.vocab_size, (size,), generator=rng).to(device)
                 record.append(TrajectoryStep(index=tag, sequence=seq.cpu(), committed=[], committed_ids=[]))
                 argmaxes.append(argmax)
+                confidences.append(torch.softmax(logits, -1).gather(1, argmax[:, None])[:, 0].cpu())
                 window = int(s["stability_threshold"])
                 stable = len(argmaxes) > window and all(bool((a == argmax).all()) for a in argmaxes[-1 - window : -1])
                 confident = float(entropy.mean()) < s["confidence_threshold"]
@@ -399,6 +401,8 @@ class DiffusionGemmaAdapter(Adapter):
                 commit_step[c * size + j] = first + step
                 record[first + step].committed.append(c * size + j)
                 record[first + step].committed_ids.append(int(final[j]))
+                # a slot is committed at the first step from which its argmax no longer changed
+                record[first + step].probabilities.append(float(confidences[step][j]))
             hit = torch.isin(final, stops).nonzero()
             if len(hit):
                 # as the model's generate: everything after the first end token is padding, no further canvas
@@ -408,9 +412,10 @@ class DiffusionGemmaAdapter(Adapter):
                         commit_step[j] = len(record) - 1
                 break
         for step in record:
-            pairs = sorted(zip(step.committed, step.committed_ids))
-            step.committed = [p for p, _ in pairs]
-            step.committed_ids = [t for _, t in pairs]
+            rows = sorted(zip(step.committed, step.committed_ids, step.probabilities))
+            step.committed = [p for p, _, _ in rows]
+            step.committed_ids = [t for _, t, _ in rows]
+            step.probabilities = [q for _, _, q in rows]
         # final state: the generated canvas with the last step's logits as self-conditioning
         if last_logits is not None:
             decoder = self._model.model.decoder
