@@ -98,8 +98,8 @@ def main(argv=None) -> int:
     ok = all(res[k] >= gates[k] for k in PROMPT_KINDS)
     intervals = {k: wilson95(res[k], a.per_kind) for k in PROMPT_KINDS}
     if a.json:
-        print(json.dumps({"model": source, "exact_match": res, "interval95": intervals, "per_kind": a.per_kind, "seed": a.seed,
-                          "gates_met": ok}))
+        print(json.dumps({"model": source, "exact_match": res, "interval95": intervals,
+                          "per_kind": a.per_kind, "seed": a.seed, "gates_met": ok}))
     else:
         print(f"model: {source}   scenes per prompt type: {a.per_kind}   seed: {a.seed}")
         for k in PROMPT_KINDS:

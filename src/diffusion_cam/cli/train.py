@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
         from ..models.diffusion_gemma_shapes import train as dg
 
         if args.stages is not None:
-            raise UnknownNameError("--stages applies to --arch shapes-tiny only; diffusion-gemma runs both its stages in one command")
+            raise UnknownNameError(
+                "--stages applies to --arch shapes-tiny only; diffusion-gemma runs both its stages in one command")
         dg.train(args.out, dg.RECIPE.with_options(**options), progress=not args.no_progress)
         return 0
     from ..models.shapes_tiny import train as recipe
