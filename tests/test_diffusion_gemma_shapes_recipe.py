@@ -240,6 +240,11 @@ def test_switches_on_the_command_line_are_flags(monkeypatch):
     recipe.main(["--out", "unused"])
     assert (seen[0].object_shape, seen[0].vision_steps) == (False, 3)
     assert seen[1].object_shape is True and seen[1] == recipe.RECIPE
+    read = []
+    monkeypatch.setattr(recipe, "head_accuracy", lambda ck, scenes=16: read.append((ck, scenes)) or {})
+    recipe.main(["--heads", "run/checkpoint.pt", "--head-scenes", "96"])
+    recipe.main(["--heads", "run/checkpoint.pt"])
+    assert read == [("run/checkpoint.pt", 96), ("run/checkpoint.pt", 16)]
 
 
 def test_a_run_inside_stage_one_may_change_what_stage_one_never_reads(tmp_path, monkeypatch):

@@ -535,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="train diffusion-gemma-shapes (resumable: rerun to continue)")
     p.add_argument("--heads", metavar="CHECKPOINT", default=None,
                    help="only print the object-token accuracy of a training checkpoint's auxiliary heads")
+    p.add_argument("--head-scenes", type=int, default=16, help="fresh scenes --heads reads (default 16)")
     p.add_argument("--out", required=False)
     defaults = HParams()
     for name, value in asdict(defaults).items():
@@ -544,9 +545,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--no-progress", action="store_true")
     a = vars(p.parse_args(argv))
-    out, quiet, checkpoint = a.pop("out"), a.pop("no_progress"), a.pop("heads")
+    out, quiet, checkpoint, head_scenes = a.pop("out"), a.pop("no_progress"), a.pop("heads"), a.pop("head_scenes")
     if checkpoint is not None:
-        result = head_accuracy(checkpoint)
+        result = head_accuracy(checkpoint, scenes=head_scenes)
         print(json.dumps(result))
         return result
     if out is None:
