@@ -18,7 +18,7 @@ _ACTIVE: ContextVar["Progress | None"] = ContextVar("diffusion_cam_progress", de
 
 def bar(iterable=None, **options):
     """A tqdm bar on stderr sized from the terminal: a terminal that reports 0 x 0 (a bare pseudo-terminal) gets
-    the 80 x 20 fallback, where tqdm's own sizing would draw nothing."""
+    the 80 x 20 fallback, where tqdm's own sizing would write the counts without a bar."""
     from tqdm import tqdm
 
     size = shutil.get_terminal_size((80, 20))
@@ -42,9 +42,9 @@ class Progress:
             opened.refresh()
 
     def advance(self, stage: str, n: int = 1) -> None:
-        bar = self.bars.get(stage)
-        if bar is not None:
-            bar.update(n)
+        opened = self.bars.get(stage)
+        if opened is not None:
+            opened.update(n)
 
     def close(self) -> None:
         for bar in self.bars.values():

@@ -37,9 +37,11 @@ from the mean of its embedded soft tokens (``object_shape``), and the recipe
 runs in two stages: ``vision_steps`` steps of the auxiliary heads alone, with
 the language model untouched, then ``steps`` steps of the full objective.
 
-Seeds: a step's scenes and noise come from ``numpy.random.default_rng([seed,
-1, step])`` / ``torch.Generator().manual_seed(seed * 1_000_003 + step)``, so a
-killed run resumes exactly from its last checkpoint.  The in-training
+Seeds: a stage-2 step's scenes and noise come from
+``numpy.random.default_rng([seed, 1, step])`` /
+``torch.Generator().manual_seed(seed * 1_000_003 + step)``, a stage-1 step's
+scenes from ``default_rng([seed, 2, step])``, so a killed run resumes exactly
+from its last checkpoint.  The in-training
 evaluation uses ``EVAL_SEED`` scenes, which training never draws.
 """
 
@@ -466,7 +468,8 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
         opt.load_state_dict(state["opt"])
     runner = Runner(model, build.make_tokenizer(), build.make_processor())
     t0 = time.time() - elapsed
-    for step in range(start, hp.vision_steps + hp.steps):
+    last = hp.vision_steps + hp.steps
+    for step in range(start, last):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, hp)
         if step < hp.vision_steps:
@@ -480,7 +483,6 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
         done = step + 1
         row = {"step": done, "loss": round(float(loss.detach()), 4), "time": round(time.time() - t0, 1),
                **{k: round(v, 4) for k, v in stats.items()}}
-        last = hp.vision_steps + hp.steps
         if done > hp.vision_steps and ((done - hp.vision_steps) % hp.eval_every == 0 or done == last):
             model.eval()
             row["eval"] = evaluate(runner, hp.eval_per_kind)
@@ -496,7 +498,7 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
             tmp.replace(ck)  # a kill mid-write leaves the previous checkpoint intact
     model.eval()
     save_checkpoint_folder(model, out / _FINAL)
-    summary = {"steps": hp.vision_steps + hp.steps, "wall_s": round(time.time() - t0, 1), "hparams": asdict(hp)}
+    summary = {"steps": last, "wall_s": round(time.time() - t0, 1), "hparams": asdict(hp)}
     (out / _FINAL / "training.json").write_text(json.dumps(summary, indent=1))
     return summary
 
