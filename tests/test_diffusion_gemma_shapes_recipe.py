@@ -150,6 +150,30 @@ def test_the_object_shape_head_reads_one_label_per_object():
     assert float(loss) == pytest.approx(float(np.log(len(shapes.SHAPES))))
 
 
+def test_the_lookup_head_reads_each_questions_last_word_at_its_block():
+    hp = recipe.HParams(vision_steps=0, steps=1, batch_images=2, lookup_layer=1)
+    model, heads = recipe.model_and_heads(hp)
+    runner = recipe.Runner(model, build.make_tokenizer(), build.make_processor())
+    read, blocks = [], []
+    heads.lookup.forward = lambda x: read.append(x.detach()) or torch.zeros(len(x), heads.lookup.out_features)
+    model.model.encoder.language_model.layers[1].register_forward_hook(
+        lambda _m, inputs, out: blocks.append((out[0] if isinstance(out, tuple) else out).detach()))
+    calls = []
+    real_encode = runner.encode
+    runner.encode = lambda ids, soft: calls.append(ids) or real_encode(ids, soft)
+    _, stats = recipe.step_loss(runner, heads, hp, 0)
+    assert stats["lookup"] == pytest.approx(float(np.log(heads.lookup.out_features)))  # zero logits: uniform
+    # one encoder pass per prompt kind, describe first (the decoder has its own blocks); the head saw the questions'
+    assert len(calls) == len(blocks) == 4 and len(read) == 3
+    questions = list(zip(calls, blocks))[1:]
+    tok = build.make_tokenizer()
+    for (ids, out), rows in zip(questions, read):
+        words = [tok.convert_ids_to_tokens(row[-4:].tolist()) for row in ids]
+        assert all(w[1:] == ["<turn|>", "<|turn>", "\u2581model"] for w in words)
+        assert {w[0] for w in words} <= {"\u2581" + x for x in (*shapes.SHAPES, *shapes.COLOURS, "objects")}
+        assert torch.equal(rows, out[:, -4])
+
+
 def test_auxiliary_targets_follow_the_objects():
     scene = shapes.generate_scene(11, n_objects=3)
     target = recipe.aux_targets([scene]).reshape(-1, 3).tolist()
@@ -251,10 +275,11 @@ def test_a_run_inside_stage_one_may_change_what_stage_one_never_reads(tmp_path, 
     """Stage 1's length, stage 2's settings and the encoder-block heads: the resumed run is the run planned with the
     new settings from the start, weight for weight."""
     planned = recipe.HParams(vision_steps=2, steps=1, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1,
-                             object_shape=True, lm_aux_layer=1, lr=3e-3)
+                             object_shape=True, lm_aux_layer=1, lookup_layer=0, lr=3e-3)
     recipe.train(tmp_path / "planned", planned, progress=False)
     # planned otherwise, stopped after two of its stage-1 steps
-    _killed(monkeypatch, tmp_path / "changed", planned.with_options(vision_steps=4, steps=3, lm_aux_layer=-1, lr=2e-3),
+    _killed(monkeypatch, tmp_path / "changed", planned.with_options(vision_steps=4, steps=3, lm_aux_layer=-1, lookup_layer=-1,
+                                                                   lr=2e-3),
             "vision_step_loss", 2)
     recipe.train(tmp_path / "changed", planned, progress=False)
     assert _same_final_weights(tmp_path / "planned", tmp_path / "changed")

@@ -89,6 +89,8 @@ class HParams:
     sc_prob: float = 0.5
     #: encoder block whose image-token outputs the auxiliary heads also classify (-1: none); see the module docstring
     lm_aux_layer: int = -1
+    #: encoder block at whose output a head reads a question's answer off the question's last word (-1: none)
+    lookup_layer: int = -1
     #: also classify each object's shape from the mean of its embedded soft tokens (one label per object)
     object_shape: bool = True
     #: stage 1: steps of the auxiliary heads alone (vision tower + embedder) before the full objective's ``steps``
@@ -111,7 +113,8 @@ _FREE = ("threads", "ckpt_every")
 #: settings stage 1 never reads (its rate is ``vision_lr``, its data drawn by step number, the encoder-block heads
 #: get no gradient in it): a run still inside stage 1 is the same run whatever they are, so it may change them
 _STAGE_TWO = ("vision_steps", "steps", "captions_per_image", "questions_per_image", "canvases_per_prompt", "lr",
-              "aux_weight", "aux_weight_final", "sc_prob", "lm_aux_layer", "eval_every", "eval_per_kind")
+              "aux_weight", "aux_weight_final", "sc_prob", "lm_aux_layer", "lookup_layer", "eval_every",
+              "eval_per_kind")
 
 
 # ----------------------------------------------------------------------------- data
@@ -188,13 +191,14 @@ class AuxHeads(nn.Module):
     the image positions of one encoder block's output."""
 
     def __init__(self, vision_width: int, text_width: int, encoder_block: bool = False,
-                 object_shape: bool = False) -> None:
+                 object_shape: bool = False, lookup_vocab: int = 0) -> None:
         super().__init__()
         self.vision = Heads(vision_width)
         self.embedded = Heads(text_width)
         self.objects = nn.Linear(text_width, len(sw.SHAPES)) if object_shape else None
         # made last, so that its parameters come last and the other heads start the same with or without it
         self.encoder = Heads(text_width) if encoder_block else None
+        self.lookup = nn.Linear(text_width, lookup_vocab) if lookup_vocab else None
 
     def object_loss(self, embedded: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Shape of every object from the mean of its soft tokens: one label per object, where the per-token
@@ -282,16 +286,21 @@ def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[
     vocab = runner.model.config.text_config.vocab_size
     total, stats = 0.0, {}
     n_seq = sum(len(g) for g in groups.values())
-    encoded = None
+    encoded, lookups = None, []
     for kind, items in groups.items():
         if not items:
             continue
         ids = torch.tensor([prompt_ids(runner.tok, p, n_soft) for _, p, _ in items])
         target = torch.tensor([canvas_ids(runner.tok, a) for _, _, a in items])
         block = hp.lm_aux_layer if kind == "describe" and hp.lm_aux_layer >= 0 else None
+        if kind != "describe" and hp.lookup_layer >= 0:
+            block = hp.lookup_layer
         with _block_output(runner.model, block) as seen:
             cache = runner.encode(ids, soft[[i for i, _, _ in items]])
-        if seen:
+        if seen and kind != "describe":
+            # the question's last word (before ``<turn|>``, ``<|turn>``, ``model``) asked for the answer
+            lookups.append(F.cross_entropy(heads.lookup(seen[0][:, -4]), target[:, 0]))
+        elif seen:
             # one caption per image, in image order: the image positions of each caption's encoder pass
             image_rows = seen[0][ids == build.IMAGE].reshape(len(items), n_soft, -1)
             encoded = torch.zeros_like(soft).index_copy(0, torch.tensor([i for i, _, _ in items]), image_rows)
@@ -313,6 +322,10 @@ def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[
             stats[f"acc_{kind}"] = float((logits.argmax(-1) == target).all(-1).float().mean())
     aux, aux_stats = heads.loss(vis_hidden, soft.reshape(-1, soft.shape[-1]), aux_targets(scenes),
                                 None if encoded is None else encoded.reshape(-1, encoded.shape[-1]))
+    if lookups:
+        lookup = sum(lookups) / len(lookups)
+        aux = aux + lookup
+        aux_stats["lookup"] = float(lookup.detach())
     weight = hp.aux_weight_final + (hp.aux_weight - hp.aux_weight_final) * max(0.0, 1 - step / max(1, hp.steps))
     stats.update(diffusion=float(total.detach()), aux=float(aux.detach()), **aux_stats)
     return total + weight * aux, stats
@@ -411,7 +424,8 @@ def model_and_heads(hp: HParams):
     """A fresh model for the recipe ``hp`` and the auxiliary heads it trains with."""
     model = new_model(hp.seed, hp.vision_layers)
     heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size,
-                     encoder_block=hp.lm_aux_layer >= 0, object_shape=hp.object_shape)
+                     encoder_block=hp.lm_aux_layer >= 0, object_shape=hp.object_shape,
+                     lookup_vocab=model.config.text_config.vocab_size if hp.lookup_layer >= 0 else 0)
     return model, heads
 
 
@@ -459,7 +473,7 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
         if saved != wanted:
             raise ValueError(f"{ck} was written with other settings: {saved}; rerun with those to resume")
         model.load_state_dict(state["model"])
-        # in stage 1 the encoder-block heads have not moved from their initial values, which come last
+        # in stage 1 the encoder-block and lookup heads have not moved from their initial values, which come last
         heads.load_state_dict(state["heads"], strict=not in_stage_one)
         if in_stage_one:
             group = state["opt"]["param_groups"][0]
