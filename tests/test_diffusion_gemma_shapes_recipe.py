@@ -174,6 +174,30 @@ def test_the_lookup_head_reads_each_questions_last_word_at_its_block():
         assert torch.equal(rows, out[:, -4])
 
 
+def test_the_caption_heads_read_colour_and_shape_by_rank_with_none_past_the_last_object(tmp_path):
+    scene = shapes.generate_scene(11, n_objects=2)
+    heads = recipe.CaptionHeads(1)
+    feats = torch.ones(1, 1)
+
+    def confident(classes, order):
+        rows = torch.full((recipe._RANKS, len(classes) + 1), -50.0)
+        for k, word in enumerate(order):
+            rows[k, classes.index(word) + 1] = 50.0
+        rows[len(order):, 0] = 50.0  # no object at the remaining ranks
+        return rows.reshape(-1)
+
+    for head, classes, attr in ((heads.colour, shapes.COLOURS, "colour"), (heads.shape, shapes.SHAPES, "shape")):
+        torch.nn.init.zeros_(head.weight)
+        with torch.no_grad():
+            head.bias.copy_(confident(classes, [getattr(o, attr) for o in scene.objects]))
+    assert float(heads.loss(feats, [scene]).detach()) < 1e-6
+    with torch.no_grad():  # right to left: every colour is named at the wrong rank
+        heads.colour.bias.copy_(confident(shapes.COLOURS, [o.colour for o in reversed(scene.objects)]))
+    assert float(heads.loss(feats, [scene]).detach()) > 10
+    with pytest.raises(ValueError, match="caption_lookup needs lookup_layer"):
+        recipe.train(tmp_path, recipe.HParams(caption_lookup=True), progress=False)
+
+
 def test_auxiliary_targets_follow_the_objects():
     scene = shapes.generate_scene(11, n_objects=3)
     target = recipe.aux_targets([scene]).reshape(-1, 3).tolist()

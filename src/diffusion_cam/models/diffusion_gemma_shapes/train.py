@@ -68,6 +68,7 @@ from . import build
 EVAL_SEED = 7_100_019
 KINDS = ("describe", "color", "shape", "count")
 GRID = 16
+_RANKS = len(sw.COUNT_WORDS)  # objects per scene, at most
 _CKPT = "checkpoint"
 _FINAL = "final"
 
@@ -91,6 +92,9 @@ class HParams:
     lm_aux_layer: int = -1
     #: encoder block at whose output a head reads a question's answer off the question's last word (-1: none)
     lookup_layer: int = -1
+    #: with ``lookup_layer``, heads also read every object's colour and shape, left to right, off the caption prompt's
+    #: last word at that block
+    caption_lookup: bool = False
     #: also classify each object's shape from the mean of its embedded soft tokens (one label per object)
     object_shape: bool = True
     #: stage 1: steps of the auxiliary heads alone (vision tower + embedder) before the full objective's ``steps``
@@ -113,8 +117,8 @@ _FREE = ("threads", "ckpt_every")
 #: settings stage 1 never reads (its rate is ``vision_lr``, its data drawn by step number, the encoder-block heads
 #: get no gradient in it): a run still inside stage 1 is the same run whatever they are, so it may change them
 _STAGE_TWO = ("vision_steps", "steps", "captions_per_image", "questions_per_image", "canvases_per_prompt", "lr",
-              "aux_weight", "aux_weight_final", "sc_prob", "lm_aux_layer", "lookup_layer", "eval_every",
-              "eval_per_kind")
+              "aux_weight", "aux_weight_final", "sc_prob", "lm_aux_layer", "lookup_layer", "caption_lookup",
+              "eval_every", "eval_per_kind")
 
 
 # ----------------------------------------------------------------------------- data
@@ -186,12 +190,31 @@ class Heads(nn.Module):
         return sum(losses) / len(heads), {"patch": correct / max(total, 1), **acc}
 
 
+class CaptionHeads(nn.Module):
+    """Colour and shape of the objects by left-to-right rank (class 0: no object at that rank), from one vector."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.colour = nn.Linear(width, _RANKS * (len(sw.COLOURS) + 1))
+        self.shape = nn.Linear(width, _RANKS * (len(sw.SHAPES) + 1))
+
+    def loss(self, feats: torch.Tensor, scenes: Sequence[sw.Scene]) -> torch.Tensor:
+        colours = torch.zeros(len(scenes), _RANKS, dtype=torch.long)
+        shapes_ = torch.zeros_like(colours)
+        for i, s in enumerate(scenes):
+            for k, o in enumerate(s.objects):  # stored left to right
+                colours[i, k], shapes_[i, k] = sw.COLOURS.index(o.colour) + 1, sw.SHAPES.index(o.shape) + 1
+        lc = F.cross_entropy(self.colour(feats).reshape(-1, len(sw.COLOURS) + 1), colours.reshape(-1))
+        ls = F.cross_entropy(self.shape(feats).reshape(-1, len(sw.SHAPES) + 1), shapes_.reshape(-1))
+        return (lc + ls) / 2
+
+
 class AuxHeads(nn.Module):
     """Colour / shape / rank heads on the vision tower's output, on the embedded soft tokens and, optionally, on
     the image positions of one encoder block's output."""
 
     def __init__(self, vision_width: int, text_width: int, encoder_block: bool = False,
-                 object_shape: bool = False, lookup_vocab: int = 0) -> None:
+                 object_shape: bool = False, lookup_vocab: int = 0, caption_lookup: bool = False) -> None:
         super().__init__()
         self.vision = Heads(vision_width)
         self.embedded = Heads(text_width)
@@ -199,6 +222,7 @@ class AuxHeads(nn.Module):
         # made last, so that its parameters come last and the other heads start the same with or without it
         self.encoder = Heads(text_width) if encoder_block else None
         self.lookup = nn.Linear(text_width, lookup_vocab) if lookup_vocab else None
+        self.caption = CaptionHeads(text_width) if caption_lookup else None
 
     def object_loss(self, embedded: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Shape of every object from the mean of its soft tokens: one label per object, where the per-token
@@ -293,14 +317,16 @@ def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[
         ids = torch.tensor([prompt_ids(runner.tok, p, n_soft) for _, p, _ in items])
         target = torch.tensor([canvas_ids(runner.tok, a) for _, _, a in items])
         block = hp.lm_aux_layer if kind == "describe" and hp.lm_aux_layer >= 0 else None
-        if kind != "describe" and hp.lookup_layer >= 0:
+        if hp.lookup_layer >= 0 and (kind != "describe" or hp.caption_lookup):
             block = hp.lookup_layer
         with _block_output(runner.model, block) as seen:
             cache = runner.encode(ids, soft[[i for i, _, _ in items]])
         if seen and kind != "describe":
             # the question's last word (before ``<turn|>``, ``<|turn>``, ``model``) asked for the answer
             lookups.append(F.cross_entropy(heads.lookup(seen[0][:, -4]), target[:, 0]))
-        elif seen:
+        elif seen and hp.caption_lookup:
+            lookups.append(heads.caption.loss(seen[0][:, -4], [scenes[i] for i, _, _ in items]))
+        if seen and kind == "describe" and hp.lm_aux_layer >= 0:
             # one caption per image, in image order: the image positions of each caption's encoder pass
             image_rows = seen[0][ids == build.IMAGE].reshape(len(items), n_soft, -1)
             encoded = torch.zeros_like(soft).index_copy(0, torch.tensor([i for i, _, _ in items]), image_rows)
@@ -425,7 +451,8 @@ def model_and_heads(hp: HParams):
     model = new_model(hp.seed, hp.vision_layers)
     heads = AuxHeads(model.config.vision_config.hidden_size, model.config.text_config.hidden_size,
                      encoder_block=hp.lm_aux_layer >= 0, object_shape=hp.object_shape,
-                     lookup_vocab=model.config.text_config.vocab_size if hp.lookup_layer >= 0 else 0)
+                     lookup_vocab=model.config.text_config.vocab_size if hp.lookup_layer >= 0 else 0,
+                     caption_lookup=hp.caption_lookup)
     return model, heads
 
 
@@ -452,6 +479,8 @@ def save_checkpoint_folder(model, folder: Path) -> None:
 
 
 def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
+    if hp.caption_lookup and (hp.lookup_layer < 0 or hp.lm_aux_layer not in (-1, hp.lookup_layer)):
+        raise ValueError("caption_lookup needs lookup_layer, and lm_aux_layer unset or the same block")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(hp.threads)
