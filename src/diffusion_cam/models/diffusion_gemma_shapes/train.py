@@ -37,6 +37,12 @@ from the mean of its embedded soft tokens (``object_shape``), and the recipe
 runs in two stages: ``vision_steps`` steps of the auxiliary heads alone, with
 the language model untouched, then ``steps`` steps of the full objective.
 
+Optional lookup heads (``lookup_layer``, ``caption_lookup``) read, off the
+prompt's last word at one encoder block, what the answer needs: a question's
+answer word, or every object's colour and shape by left-to-right rank.  The
+decoder reads the encoder only through its cache, so a question's lookup has
+to happen there; without the head the language model had not learned it after 3,000 steps.
+
 Seeds: a stage-2 step's scenes and noise come from
 ``numpy.random.default_rng([seed, 1, step])`` /
 ``torch.Generator().manual_seed(seed * 1_000_003 + step)``, a stage-1 step's
