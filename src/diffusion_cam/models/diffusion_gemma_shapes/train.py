@@ -41,7 +41,8 @@ Optional lookup heads (``lookup_layer``, ``caption_lookup``) read, off the
 prompt's last word at one encoder block, what the answer needs: a question's
 answer word, or every object's colour and shape by left-to-right rank.  The
 decoder reads the encoder only through its cache, so a question's lookup has
-to happen there; without the head the language model had not learned it after 3,000 steps.
+to happen there; without the head the language model had not learned it
+after 3,000 steps.
 
 Seeds: a stage-2 step's scenes and noise come from
 ``numpy.random.default_rng([seed, 1, step])`` /
