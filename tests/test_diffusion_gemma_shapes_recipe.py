@@ -174,6 +174,15 @@ def test_the_lookup_head_reads_each_questions_last_word_at_its_block():
         assert torch.equal(rows, out[:, -4])
 
 
+def test_the_lookup_heads_are_read_back_per_prompt_kind(tmp_path):
+    hp = recipe.HParams(vision_steps=0, steps=1, batch_images=1, warmup=1, eval_every=1000, lookup_layer=0,
+                        caption_lookup=True)
+    recipe.train(tmp_path / "run", hp, progress=False)
+    acc = recipe.head_accuracy(tmp_path / "run" / "checkpoint.pt", scenes=4)
+    assert set(acc["lookup"]) == set(recipe.KINDS)
+    assert all(v in (0.0, 0.25, 0.5, 0.75, 1.0) for v in acc["lookup"].values())  # shares of 4 scenes
+
+
 def test_the_caption_heads_read_colour_and_shape_by_rank_with_none_past_the_last_object(tmp_path):
     scene = shapes.generate_scene(11, n_objects=2)
     heads = recipe.CaptionHeads(1)

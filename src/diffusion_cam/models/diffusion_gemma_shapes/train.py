@@ -557,7 +557,7 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
 def head_accuracy(checkpoint: str | Path, scenes: int = 16, seed: int = EVAL_SEED) -> dict[str, Any]:
     """Object-token accuracy of a training checkpoint's auxiliary heads on fresh scenes: how well colour, shape and
     left-to-right rank can be read off the vision tower's output, the embedded soft tokens and, when the recipe
-    supervises one, an encoder block's image positions."""
+    supervises one, an encoder block's image positions; with the lookup heads, how often they name the answer."""
     state = torch.load(checkpoint, weights_only=True)
     hp = HParams(**{**asdict(RECIPE), **state["hparams"]})
     model, heads = model_and_heads(hp)
@@ -580,7 +580,36 @@ def head_accuracy(checkpoint: str | Path, scenes: int = 16, seed: int = EVAL_SEE
         out[name] = {k: round(v, 3) for k, v in acc.items() if k != "patch"}
     if heads.objects is not None:
         out["embedded"]["object_shape"] = round(heads.object_loss(features["embedded"][1], target)[1], 3)
+    if heads.lookup is not None:
+        out["lookup"] = _lookup_accuracy(runner, heads, hp.lookup_layer, drawn, soft, rng)
     return out
+
+
+def _lookup_accuracy(runner: Runner, heads: AuxHeads, block: int, scenes: Sequence[sw.Scene], soft: torch.Tensor,
+                     rng: np.random.Generator) -> dict[str, float]:
+    """Share of questions of each kind whose answer the lookup head names off the question's last word and, with
+    the caption heads, share of scenes whose every object they name right by rank (``describe``)."""
+    n_soft = soft.shape[1]
+    res = {}
+    for kind in KINDS:
+        if kind == "describe" and heads.caption is None:
+            continue
+        prompts = [next(p for k, p in questions(s, rng, 1) if k == kind) for s in scenes]
+        ids = torch.tensor([prompt_ids(runner.tok, p, n_soft) for p in prompts])
+        with _block_output(runner.model, block) as seen:
+            runner.encode(ids, soft)
+        last = seen[0][:, -4]
+        if kind == "describe":
+            colour, shape = (h(last).reshape(len(scenes), _RANKS, -1).argmax(-1) for h in
+                             (heads.caption.colour, heads.caption.shape))
+            right = [all(int(colour[i, k]) == sw.COLOURS.index(o.colour) + 1
+                         and int(shape[i, k]) == sw.SHAPES.index(o.shape) + 1 for k, o in enumerate(s.objects))
+                     for i, s in enumerate(scenes)]
+        else:
+            wanted = [canvas_ids(runner.tok, sw.answer(s, p))[0] for s, p in zip(scenes, prompts)]
+            right = (heads.lookup(last).argmax(-1) == torch.tensor(wanted)).tolist()
+        res[kind] = round(float(np.mean(right)), 3)
+    return res
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
