@@ -311,9 +311,8 @@ def test_a_run_inside_stage_one_may_change_what_stage_one_never_reads(tmp_path, 
                              object_shape=True, lm_aux_layer=1, lookup_layer=0, lr=3e-3)
     recipe.train(tmp_path / "planned", planned, progress=False)
     # planned otherwise, stopped after two of its stage-1 steps
-    _killed(monkeypatch, tmp_path / "changed", planned.with_options(vision_steps=4, steps=3, lm_aux_layer=-1, lookup_layer=-1,
-                                                                   lr=2e-3),
-            "vision_step_loss", 2)
+    other = planned.with_options(vision_steps=4, steps=3, lm_aux_layer=-1, lookup_layer=-1, lr=2e-3)
+    _killed(monkeypatch, tmp_path / "changed", other, "vision_step_loss", 2)
     recipe.train(tmp_path / "changed", planned, progress=False)
     assert _same_final_weights(tmp_path / "planned", tmp_path / "changed")
     with pytest.raises(ValueError, match="other settings"):  # past stage 1 they are part of the run
