@@ -205,12 +205,18 @@ class CaptionHeads(nn.Module):
         self.colour = nn.Linear(width, _RANKS * (len(sw.COLOURS) + 1))
         self.shape = nn.Linear(width, _RANKS * (len(sw.SHAPES) + 1))
 
-    def loss(self, feats: torch.Tensor, scenes: Sequence[sw.Scene]) -> torch.Tensor:
+    @staticmethod
+    def targets(scenes: Sequence[sw.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, ranks) colour and shape classes, 0 past a scene's last object."""
         colours = torch.zeros(len(scenes), _RANKS, dtype=torch.long)
         shapes_ = torch.zeros_like(colours)
         for i, s in enumerate(scenes):
             for k, o in enumerate(s.objects):  # stored left to right
                 colours[i, k], shapes_[i, k] = sw.COLOURS.index(o.colour) + 1, sw.SHAPES.index(o.shape) + 1
+        return colours, shapes_
+
+    def loss(self, feats: torch.Tensor, scenes: Sequence[sw.Scene]) -> torch.Tensor:
+        colours, shapes_ = self.targets(scenes)
         lc = F.cross_entropy(self.colour(feats).reshape(-1, len(sw.COLOURS) + 1), colours.reshape(-1))
         ls = F.cross_entropy(self.shape(feats).reshape(-1, len(sw.SHAPES) + 1), shapes_.reshape(-1))
         return (lc + ls) / 2
@@ -602,9 +608,9 @@ def _lookup_accuracy(runner: Runner, heads: AuxHeads, block: int, scenes: Sequen
         if kind == "describe":
             colour, shape = (h(last).reshape(len(scenes), _RANKS, -1).argmax(-1) for h in
                              (heads.caption.colour, heads.caption.shape))
-            right = [all(int(colour[i, k]) == sw.COLOURS.index(o.colour) + 1
-                         and int(shape[i, k]) == sw.SHAPES.index(o.shape) + 1 for k, o in enumerate(s.objects))
-                     for i, s in enumerate(scenes)]
+            colours, shapes_ = heads.caption.targets(scenes)
+            hit = (colour == colours) & (shape == shapes_)
+            right = [bool(hit[i, : s.n_objects].all()) for i, s in enumerate(scenes)]
         else:
             wanted = [canvas_ids(runner.tok, sw.answer(s, p))[0] for s, p in zip(scenes, prompts)]
             right = (heads.lookup(last).argmax(-1) == torch.tensor(wanted)).tolist()
