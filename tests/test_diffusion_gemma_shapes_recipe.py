@@ -115,6 +115,21 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert _same_final_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
+def test_the_sampler_setting_is_written_into_the_checkpoint_and_may_change_after_training(tmp_path):
+    hp = recipe.HParams(vision_steps=0, steps=1, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1,
+                        entropy_bound=0.1)
+    recipe.train(tmp_path / "run", hp, progress=False)
+    final = tmp_path / "run" / "final"
+    assert load_diffusion_gemma(str(final)).sampler["entropy_bound"] == 0.1
+    before = (final / "model.safetensors").read_bytes()
+    # a finished run rerun with another bound only rewrites its checkpoint folder
+    recipe.train(tmp_path / "run", hp.with_options(entropy_bound=1e-6), progress=False)
+    assert (final / "model.safetensors").read_bytes() == before
+    saved = json.loads((final / "generation_config.json").read_text())
+    assert saved["sampler_config"]["entropy_bound"] == 1e-6
+    assert load_diffusion_gemma(str(final)).sampler["entropy_bound"] == 1e-6
+
+
 def test_stage_one_trains_the_vision_side_only_and_its_heads_can_be_read(tmp_path):
     hp = recipe.HParams(vision_steps=2, steps=0, batch_images=2, warmup=1, ckpt_every=1, object_shape=True)
     recipe.train(tmp_path / "run", hp, progress=False)

@@ -109,6 +109,9 @@ class HParams:
     vision_lr: float = 6e-3
     vision_layers: int = 2  # blocks of the vision tower
     seed: int = 0
+    #: the sampler's entropy bound written into the checkpoint's generation config (and used by the monitor): the
+    #: summed entropy of the slots a denoising step may accept; below every slot's own entropy, one slot a step
+    entropy_bound: float = 0.1
     threads: int = 1  # one thread: on a shared 2-core machine two threads ran 10x slower per step
     eval_every: int = 100
     eval_per_kind: int = 32
@@ -120,7 +123,7 @@ class HParams:
 
 RECIPE = HParams()
 #: settings that do not change what is trained, so a run may resume with other values
-_FREE = ("threads", "ckpt_every")
+_FREE = ("threads", "ckpt_every", "entropy_bound")
 #: settings stage 1 never reads (its rate is ``vision_lr``, its data drawn by step number, the encoder-block heads
 #: get no gradient in it): a run still inside stage 1 is the same run whatever they are, so it may change them
 _STAGE_TWO = ("vision_steps", "steps", "captions_per_image", "questions_per_image", "canvases_per_prompt", "lr",
@@ -399,7 +402,7 @@ def _block_output(model, index: int | None) -> Iterator[list[torch.Tensor]]:
 
 @torch.no_grad()
 def greedy_answers(runner: Runner, images: Sequence[np.ndarray], prompts: Sequence[str], steps: int = 12,
-                   seed: int = 0) -> list[str]:
+                   seed: int = 0, entropy_bound: float = 0.1) -> list[str]:
     """A batched greedy version of the model's entropy-bounded sampler, for monitoring during training only
     (the reported accuracy comes from the adapter's own sampler, ``benchmarks/shapes_accuracy.py``)."""
     gen = torch.Generator().manual_seed(seed)
@@ -417,7 +420,7 @@ def greedy_answers(runner: Runner, images: Sequence[np.ndarray], prompts: Sequen
         argmax = processed.argmax(-1)
         entropy = torch.distributions.Categorical(logits=processed).entropy()
         values, order = entropy.sort(dim=-1, stable=True)
-        keep = torch.zeros_like(canvas, dtype=torch.bool).scatter(1, order, values.cumsum(-1) - values <= 0.1)
+        keep = torch.zeros_like(canvas, dtype=torch.bool).scatter(1, order, values.cumsum(-1) - values <= entropy_bound)
         canvas = torch.where(keep, argmax, torch.randint(0, vocab, shape, generator=gen))
         sc = processed
     out = []
@@ -427,13 +430,13 @@ def greedy_answers(runner: Runner, images: Sequence[np.ndarray], prompts: Sequen
     return out
 
 
-def evaluate(runner: Runner, per_kind: int, seed: int = EVAL_SEED) -> dict[str, float]:
+def evaluate(runner: Runner, per_kind: int, seed: int = EVAL_SEED, entropy_bound: float = 0.1) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     res = {}
     for kind in KINDS:
         scenes = [sw.generate_scene(rng) for _ in range(per_kind)]
         prompts = [next(p for k, p in questions(s, rng, 1) if k == kind) for s in scenes]
-        got = greedy_answers(runner, [s.image for s in scenes], prompts)
+        got = greedy_answers(runner, [s.image for s in scenes], prompts, entropy_bound=entropy_bound)
         res[kind] = float(np.mean([g == sw.answer(s, p) for g, s, p in zip(got, scenes, prompts)]))
     return res
 
@@ -469,7 +472,7 @@ def model_and_heads(hp: HParams):
     return model, heads
 
 
-def save_checkpoint_folder(model, folder: Path) -> None:
+def save_checkpoint_folder(model, folder: Path, entropy_bound: float = 0.1) -> None:
     """A standard transformers checkpoint folder (config, safetensors, tokenizer, image processor, chat template,
     the sampler's settings) plus ``SHA256SUMS`` over its files."""
     import hashlib
@@ -478,10 +481,11 @@ def save_checkpoint_folder(model, folder: Path) -> None:
         DiffusionGemmaGenerationConfig, EntropyBoundSamplerConfig)
 
     folder.mkdir(parents=True, exist_ok=True)
-    # the transformers defaults, written out so that the checkpoint states how it is meant to be sampled
+    # the transformers defaults but for the entropy bound, written out so that the checkpoint states how it is
+    # meant to be sampled
     model.generation_config = DiffusionGemmaGenerationConfig(
         max_new_tokens=build.CANVAS_LENGTH, max_denoising_steps=48, t_min=0.4, t_max=0.8, stability_threshold=1,
-        confidence_threshold=0.005, sampler_config=EntropyBoundSamplerConfig(entropy_bound=0.1),
+        confidence_threshold=0.005, sampler_config=EntropyBoundSamplerConfig(entropy_bound=entropy_bound),
         bos_token_id=build.BOS, eos_token_id=build.EOS, pad_token_id=build.PAD)
     model.save_pretrained(folder, safe_serialization=True)
     build.make_tokenizer().save_pretrained(folder)
@@ -541,7 +545,7 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
                **{k: round(v, 4) for k, v in stats.items()}}
         if done > hp.vision_steps and ((done - hp.vision_steps) % hp.eval_every == 0 or done == last):
             model.eval()
-            row["eval"] = evaluate(runner, hp.eval_per_kind)
+            row["eval"] = evaluate(runner, hp.eval_per_kind, entropy_bound=hp.entropy_bound)
             model.train()
         with open(log, "a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -553,7 +557,7 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
                         "step": done, "elapsed": time.time() - t0, "hparams": asdict(hp)}, tmp)
             tmp.replace(ck)  # a kill mid-write leaves the previous checkpoint intact
     model.eval()
-    save_checkpoint_folder(model, out / _FINAL)
+    save_checkpoint_folder(model, out / _FINAL, hp.entropy_bound)
     summary = {"steps": last, "wall_s": round(time.time() - t0, 1), "hparams": asdict(hp)}
     (out / _FINAL / "training.json").write_text(json.dumps(summary, indent=1))
     return summary
