@@ -59,7 +59,7 @@ def test_the_folder_is_a_plain_checkpoint_and_the_adapter_sees_a_16x16_grid(fold
         adapter.tokenizer, "describe the image", 256)
 
 
-def test_recorded_sampler_gives_the_tokens_of_the_models_own_generate(folder):
+def test_recorded_sampler_gives_the_tokens_of_the_models_own_generate(folder, own_generate):
     """Both greedy. The model's ``generate`` samples from softmax(logits / T) on its linear temperature schedule
     and re-noises from the global RNG; the adapter proposes the argmax and draws from its own seeded generator.
     With T near zero the model's sample is its argmax and every token is accepted at once, so from the same
@@ -72,15 +72,7 @@ def test_recorded_sampler_gives_the_tokens_of_the_models_own_generate(folder):
         for prompt in shapes.prompts_for(scene)[:2]:
             inputs = adapter.prepare([scene.image], prompt, adapter.canvas_length)
             ours = adapter.generate(inputs, adapter.default_generation).answer_ids
-            start = torch.randint(0, adapter.vocab_size, (adapter.canvas_length,),
-                                  generator=torch.Generator().manual_seed(adapter.seed))
-            ids = inputs.input_ids[: inputs.answer_start][None]
-            theirs = adapter.model.generate(
-                input_ids=ids, pixel_values=inputs.extras["pixel_values"],
-                image_position_ids=inputs.extras["image_position_ids"],
-                mm_token_type_ids=(ids == adapter.image_token_id).long(), decoder_input_ids=start[None],
-                generation_config=config).sequences[0, inputs.answer_start:].tolist()
-            assert ours == theirs, (seed, prompt)
+            assert ours == own_generate(adapter, inputs, config), (seed, prompt)
 
 
 def _killed(monkeypatch, out, hp, loss: str, at_step: int) -> None:
