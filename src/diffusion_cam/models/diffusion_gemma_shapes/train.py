@@ -78,6 +78,8 @@ GRID = 16
 _RANKS = len(sw.COUNT_WORDS)  # objects per scene, at most
 _CKPT = "checkpoint"
 _FINAL = "final"
+#: transformers' default for DiffusionGemma's entropy-bounded sampler
+TRANSFORMERS_ENTROPY_BOUND = 0.1
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class HParams:
     seed: int = 0
     #: the sampler's entropy bound written into the checkpoint's generation config (and used by the monitor): the
     #: summed entropy of the slots a denoising step may accept; below every slot's own entropy, one slot a step
-    entropy_bound: float = 0.1
+    entropy_bound: float = TRANSFORMERS_ENTROPY_BOUND
     threads: int = 1  # one thread: on a shared 2-core machine two threads ran 10x slower per step
     eval_every: int = 100
     eval_per_kind: int = 32
@@ -402,7 +404,7 @@ def _block_output(model, index: int | None) -> Iterator[list[torch.Tensor]]:
 
 @torch.no_grad()
 def greedy_answers(runner: Runner, images: Sequence[np.ndarray], prompts: Sequence[str], steps: int = 12,
-                   seed: int = 0, entropy_bound: float = 0.1) -> list[str]:
+                   seed: int = 0, entropy_bound: float = TRANSFORMERS_ENTROPY_BOUND) -> list[str]:
     """A batched greedy version of the model's entropy-bounded sampler, for monitoring during training only
     (the reported accuracy comes from the adapter's own sampler, ``benchmarks/shapes_accuracy.py``)."""
     gen = torch.Generator().manual_seed(seed)
@@ -430,7 +432,8 @@ def greedy_answers(runner: Runner, images: Sequence[np.ndarray], prompts: Sequen
     return out
 
 
-def evaluate(runner: Runner, per_kind: int, seed: int = EVAL_SEED, entropy_bound: float = 0.1) -> dict[str, float]:
+def evaluate(runner: Runner, per_kind: int, seed: int = EVAL_SEED,
+             entropy_bound: float = TRANSFORMERS_ENTROPY_BOUND) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     res = {}
     for kind in KINDS:
@@ -472,7 +475,7 @@ def model_and_heads(hp: HParams):
     return model, heads
 
 
-def save_checkpoint_folder(model, folder: Path, entropy_bound: float = 0.1) -> None:
+def save_checkpoint_folder(model, folder: Path, entropy_bound: float = TRANSFORMERS_ENTROPY_BOUND) -> None:
     """A standard transformers checkpoint folder (config, safetensors, tokenizer, image processor, chat template,
     the sampler's settings) plus ``SHA256SUMS`` over its files."""
     import hashlib
