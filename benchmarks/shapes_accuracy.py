@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="exact-match accuracy of the shapes model per prompt type")
     p.add_argument("--model", default=None,
                    help="a model name or checkpoint folder other than shapes-tiny, asked through its adapter")
-    p.add_argument("--weights", default=str(WEIGHTS_DIR), help="shapes-tiny weights dir (model.safetensors + config.json)")
+    p.add_argument("--weights", default=str(WEIGHTS_DIR),
+                   help="shapes-tiny weights dir (model.safetensors + config.json)")
     p.add_argument("--per-kind", type=int, default=500, help="fresh scenes per prompt type")
     p.add_argument("--seed", type=int, default=BENCH_SEED)
     p.add_argument("--threads", type=int, default=2)

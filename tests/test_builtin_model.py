@@ -12,24 +12,14 @@ from diffusion_cam.errors import ModelLoadError
 from diffusion_cam.models.shapes_tiny import WEIGHTS_DIR
 
 
-
 @pytest.fixture(scope="module")
 def model():
     return dc.load_model("shapes-tiny")
 
 
 @pytest.fixture(scope="module")
-def scenes():
-    """The shipped example scenes (drawn before the model was trained), regenerated from their seeds."""
-    out = []
-    for example in dc.example_scenes():
-        scene = shapes.generate_scene(example.seed, n_objects=len(example.objects))
-        assert np.array_equal(np.asarray(Image.open(example.image).convert("RGB")), scene.image)
-        assert np.array_equal(np.asarray(Image.open(example.labels)), shapes.label_image(scene))
-        assert example.caption == shapes.answer(scene, "describe the image")
-        assert [o["shape"] for o in example.objects] == [o.shape for o in scene.objects]
-        out.append(scene)
-    return out
+def scenes(example_scenes):
+    return example_scenes
 
 
 def test_loads_by_name_with_measured_defaults(model):
@@ -70,23 +60,9 @@ def test_same_scene_same_answer_and_maps(model, scenes):
     assert np.array_equal(a.maps, b.maps) and np.array_equal(a.raw_maps, b.raw_maps)
 
 
-def _caption_pointing(model, scenes) -> tuple[int, int]:
-    """(hits, total): colour/shape words of the example captions whose map's argmax lies in the referent."""
-    method = dc.DiffusionCAM(model)
-    hits = total = 0
-    for scene in scenes:
-        exp = method.explain(scene.image, "describe the image")
-        masks = shapes.referent_masks(scene, "describe the image", exp.tokens)
-        for word, mask, grid_map in zip(exp.tokens, masks, exp.grid_maps):
-            if word in shapes.COLOURS or word in shapes.SHAPES:
-                total += 1
-                hits += bool(dc.metrics.pointing_game(grid_map, mask))
-    return hits, total
-
-
 @pytest.fixture(scope="module")
-def caption_pointing(model, scenes):
-    return _caption_pointing(model, scenes)
+def caption_pointing(model, scenes, measure_caption_pointing):
+    return measure_caption_pointing(dc.DiffusionCAM(model), scenes)
 
 
 def test_default_layer_points_at_the_referent_of_nearly_every_word(caption_pointing):

@@ -181,6 +181,37 @@ def test_the_lookup_head_reads_each_questions_last_word_at_its_block():
         assert torch.equal(rows, out[:, -4])
 
 
+def test_every_decoded_canvas_weighs_the_same_and_captions_may_get_more(monkeypatch):
+    hp = recipe.HParams(vision_steps=0, steps=1, batch_images=2, canvases_per_prompt=1, caption_canvases=3)
+    model, heads = recipe.model_and_heads(hp)
+    runner = recipe.Runner(model, build.make_tokenizer(), build.make_processor())
+    per_canvas = []  # the denoising loss of each decoded canvas, in order
+    real_ce = recipe.F.cross_entropy
+
+    def cross_entropy(logits, target, *args, **kwargs):
+        loss = real_ce(logits, target, *args, **kwargs)
+        if logits.shape[-1] == model.config.text_config.vocab_size and target.ndim == 1:
+            per_canvas.append(loss.detach())
+        return loss
+
+    monkeypatch.setattr(recipe.F, "cross_entropy", cross_entropy)
+    total, stats = recipe.step_loss(runner, heads, hp.with_options(aux_weight=0.0, aux_weight_final=0.0), 0)
+    # 2 captions x 3 canvases, then 2 sequences x 1 canvas for each of the three question kinds
+    assert len(per_canvas) == 3 + 3
+    decoded = 2 * 3 + 3 * 2 * 1
+    expected = sum(loss * (2 / decoded) for loss in per_canvas)
+    assert float(stats["diffusion"]) == pytest.approx(float(expected))
+    assert float(total.detach()) == pytest.approx(float(expected))
+
+
+def test_a_checkpoint_older_than_a_setting_reads_as_that_setting_off():
+    state = {"hparams": {"canvases_per_prompt": 2, "steps": 5}}
+    saved = recipe._saved_settings(state)
+    assert saved["caption_canvases"] == 2  # captions were decoded like every other prompt
+    assert (saved["lookup_layer"], saved["caption_lookup"], saved["lm_aux_layer"]) == (-1, False, -1)
+    assert recipe._saved_settings({"hparams": {"lookup_layer": 1}})["lookup_layer"] == 1
+
+
 def test_the_lookup_heads_are_read_back_per_prompt_kind(tmp_path):
     hp = recipe.HParams(vision_steps=0, steps=1, batch_images=1, warmup=1, eval_every=1000, lookup_layer=0,
                         caption_lookup=True)
@@ -211,7 +242,7 @@ def test_the_caption_heads_read_colour_and_shape_by_rank_with_none_past_the_last
         heads.colour.bias.copy_(confident(shapes.COLOURS, [o.colour for o in reversed(scene.objects)]))
     assert float(heads.loss(feats, [scene]).detach()) > 10
     with pytest.raises(ValueError, match="caption_lookup needs lookup_layer"):
-        recipe.train(tmp_path, recipe.HParams(caption_lookup=True), progress=False)
+        recipe.train(tmp_path, recipe.HParams(lookup_layer=-1, caption_lookup=True), progress=False)
 
 
 def test_auxiliary_targets_follow_the_objects():

@@ -91,6 +91,9 @@ class HParams:
     captions_per_image: int = 1
     questions_per_image: int = 3  # of the colour / shape / count kinds (all three, or drawn at random)
     canvases_per_prompt: int = 4  # noisy canvases decoded per encoder pass: a decoder pass is ~1 % of an encoder's
+    #: noisy canvases decoded per caption prompt's encoder pass; every decoded canvas weighs the same in the loss, so
+    #: more of them also give the captions a larger share of it
+    caption_canvases: int = 4
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
@@ -128,9 +131,21 @@ RECIPE = HParams()
 _FREE = ("threads", "ckpt_every", "entropy_bound")
 #: settings stage 1 never reads (its rate is ``vision_lr``, its data drawn by step number, the encoder-block heads
 #: get no gradient in it): a run still inside stage 1 is the same run whatever they are, so it may change them
-_STAGE_TWO = ("vision_steps", "steps", "captions_per_image", "questions_per_image", "canvases_per_prompt", "lr",
+_STAGE_TWO = ("vision_steps", "steps", "captions_per_image", "questions_per_image", "canvases_per_prompt",
+              "caption_canvases", "lr",
               "aux_weight", "aux_weight_final", "sc_prob", "lm_aux_layer", "lookup_layer", "caption_lookup",
               "eval_every", "eval_per_kind")
+
+#: what optional settings were before they existed (checkpoints of older runs do not name them)
+_BEFORE_IT_EXISTED = {"lm_aux_layer": -1, "lookup_layer": -1, "caption_lookup": False, "object_shape": False}
+
+
+def _saved_settings(state: dict) -> dict[str, Any]:
+    """The settings a checkpoint was written with; one that did not exist yet gets the value that meant."""
+    saved = dict(state.get("hparams") or {})
+    # before it had its own setting, a caption prompt was decoded from as many canvases as any other prompt
+    saved.setdefault("caption_canvases", saved.get("canvases_per_prompt", RECIPE.canvases_per_prompt))
+    return {**_BEFORE_IT_EXISTED, **saved}
 
 
 # ----------------------------------------------------------------------------- data
@@ -327,7 +342,8 @@ def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[
             groups[kind].append((i, prompt, sw.answer(s, prompt)))
     vocab = runner.model.config.text_config.vocab_size
     total, stats = 0.0, {}
-    n_seq = sum(len(g) for g in groups.values())
+    canvases = {k: hp.caption_canvases if k == "describe" else hp.canvases_per_prompt for k in KINDS}
+    decoded = sum(len(g) * canvases[k] for k, g in groups.items())
     encoded, lookups = None, []
     for kind, items in groups.items():
         if not items:
@@ -348,7 +364,7 @@ def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[
             # one caption per image, in image order: the image positions of each caption's encoder pass
             image_rows = seen[0][ids == build.IMAGE].reshape(len(items), n_soft, -1)
             encoded = torch.zeros_like(soft).index_copy(0, torch.tensor([i for i, _, _ in items]), image_rows)
-        n, k = len(items), hp.canvases_per_prompt
+        n, k = len(items), canvases[kind]
         # stratified noise levels keep every batch spread over easy and hard canvases
         t = (torch.arange(n * k) + torch.rand(n * k, generator=gen)) / (n * k)
         t = t[torch.randperm(n * k, generator=gen)].clamp(min=0.02).reshape(k, n)
@@ -361,7 +377,7 @@ def step_loss(runner: Runner, heads: AuxHeads, hp: HParams, step: int) -> tuple[
                 first = runner.decode(cache, canvas, ids.shape[1])
             logits = runner.decode(cache, canvas, ids.shape[1], sc_logits=first / temperature, sc_mask=use_sc)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-            total = total + loss * (n / n_seq / k)
+            total = total + loss * (n / decoded)
         with torch.no_grad():
             stats[f"acc_{kind}"] = float((logits.argmax(-1) == target).all(-1).float().mean())
     aux, aux_stats = heads.loss(vis_hidden, soft.reshape(-1, soft.shape[-1]), aux_targets(scenes),
@@ -514,7 +530,7 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
     if ck.exists():
         state = torch.load(ck, weights_only=True)
         start, elapsed = int(state["step"]), float(state["elapsed"])
-        saved = {k: v for k, v in (state.get("hparams") or {}).items() if k not in _FREE}
+        saved = {k: v for k, v in _saved_settings(state).items() if k not in _FREE}
         wanted = {k: v for k, v in asdict(hp).items() if k not in _FREE}
         in_stage_one = start <= min(saved.get("vision_steps", 0), hp.vision_steps)
         if in_stage_one:
@@ -572,7 +588,7 @@ def head_accuracy(checkpoint: str | Path, scenes: int = 16, seed: int = EVAL_SEE
     left-to-right rank can be read off the vision tower's output, the embedded soft tokens and, when the recipe
     supervises one, an encoder block's image positions; with the lookup heads, how often they name the answer."""
     state = torch.load(checkpoint, weights_only=True)
-    hp = HParams(**{**asdict(RECIPE), **state["hparams"]})
+    hp = HParams(**{**asdict(RECIPE), **_saved_settings(state)})
     model, heads = model_and_heads(hp)
     model.eval().load_state_dict(state["model"])
     heads.load_state_dict(state["heads"])
