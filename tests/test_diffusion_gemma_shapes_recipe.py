@@ -342,6 +342,21 @@ def test_switches_on_the_command_line_are_flags(monkeypatch):
     assert read == [("run/checkpoint.pt", 96), ("run/checkpoint.pt", 16)]
 
 
+def test_the_cli_passes_the_recipes_settings_and_refuses_them_for_the_other_arch(monkeypatch, capsys):
+    from diffusion_cam.cli import main
+
+    seen = []
+    monkeypatch.setattr(recipe, "train", lambda out, hp, progress=True: seen.append((out, hp)))
+    assert main(["train-shapes", "--arch", "diffusion-gemma", "--out", "run", "--steps", "3000", "--lookup-layer",
+                 "1", "--caption-lookup", "--entropy-bound", "1e-6", "--seed", "4", "--no-progress"]) == 0
+    assert main(["train-shapes", "--arch", "diffusion-gemma", "--out", "run", "--no-object-shape"]) == 0
+    assert seen[0] == ("run", recipe.RECIPE.with_options(steps=3000, lookup_layer=1, caption_lookup=True,
+                                                          entropy_bound=1e-6, seed=4))
+    assert seen[1][1] == recipe.RECIPE.with_options(object_shape=False)
+    assert main(["train-shapes", "--out", "run", "--caption-canvases", "12"]) == 2
+    assert "--caption-canvases applies to --arch diffusion-gemma only" in capsys.readouterr().err
+
+
 def test_a_run_inside_stage_one_may_change_what_stage_one_never_reads(tmp_path, monkeypatch):
     """Stage 1's length, stage 2's settings and the encoder-block heads: the resumed run is the run planned with the
     new settings from the start, weight for weight."""

@@ -641,18 +641,26 @@ def _lookup_accuracy(runner: Runner, heads: AuxHeads, block: int, scenes: Sequen
     return res
 
 
+def add_recipe_options(parser, skip: Sequence[str] = (), given_only: bool = False) -> None:
+    """One command-line option per recipe setting (``--name``; ``--name`` / ``--no-name`` for a switch), each
+    defaulting to the recipe's value, or to None with ``given_only`` so that the caller sees which were given."""
+    for name, value in asdict(RECIPE).items():
+        if name in skip:
+            continue
+        flag, default = f"--{name.replace('_', '-')}", None if given_only else value
+        if isinstance(value, bool):  # bool("False") would be True
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument(flag, type=type(value), default=default)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="train diffusion-gemma-shapes (resumable: rerun to continue)")
     p.add_argument("--heads", metavar="CHECKPOINT", default=None,
                    help="only print the object-token accuracy of a training checkpoint's auxiliary heads")
     p.add_argument("--head-scenes", type=int, default=16, help="fresh scenes --heads reads (default 16)")
     p.add_argument("--out", required=False)
-    defaults = HParams()
-    for name, value in asdict(defaults).items():
-        if isinstance(value, bool):  # --name / --no-name: bool("False") would be True
-            p.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
-        else:
-            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    add_recipe_options(p)
     p.add_argument("--no-progress", action="store_true")
     a = vars(p.parse_args(argv))
     out, quiet, checkpoint, head_scenes = a.pop("out"), a.pop("no_progress"), a.pop("heads"), a.pop("head_scenes")
