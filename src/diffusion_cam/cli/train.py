@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models.diffusion_gemma_shapes import train as dg
 
     options = {k: v for k, v in vars(args).items() if k in _SHARED and v is not None}
-    recipe_options = {k: v for k, v in vars(args).items()
-                      if k in asdict(dg.RECIPE) and k not in _SHARED and v is not None}
+    settings = asdict(dg.RECIPE)
+    recipe_options = {k: v for k, v in vars(args).items() if k in settings and k not in _SHARED and v is not None}
     if args.arch == "diffusion-gemma":
         if args.stages is not None:
             raise UnknownNameError(
