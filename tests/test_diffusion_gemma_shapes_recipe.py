@@ -123,7 +123,8 @@ def test_the_sampler_setting_is_written_into_the_checkpoint_and_may_change_after
 
 
 def test_stage_one_trains_the_vision_side_only_and_its_heads_can_be_read(tmp_path):
-    hp = recipe.HParams(vision_steps=2, steps=0, batch_images=2, warmup=1, ckpt_every=1, object_shape=True)
+    hp = recipe.HParams(vision_steps=2, steps=0, batch_images=2, warmup=1, ckpt_every=1, object_shape=True,
+                        lookup_layer=-1, caption_lookup=False)  # no lookup heads: their accuracies are read below
     recipe.train(tmp_path / "run", hp, progress=False)
     fresh = recipe.new_model(hp.seed).state_dict()
     trained = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "run" / "final").state_dict()
@@ -158,7 +159,7 @@ def test_the_object_shape_head_reads_one_label_per_object():
 
 
 def test_the_lookup_head_reads_each_questions_last_word_at_its_block():
-    hp = recipe.HParams(vision_steps=0, steps=1, batch_images=2, lookup_layer=1)
+    hp = recipe.HParams(vision_steps=0, steps=1, batch_images=2, lookup_layer=1, caption_lookup=False)
     model, heads = recipe.model_and_heads(hp)
     runner = recipe.Runner(model, build.make_tokenizer(), build.make_processor())
     read, blocks = [], []
@@ -182,7 +183,8 @@ def test_the_lookup_head_reads_each_questions_last_word_at_its_block():
 
 
 def test_every_decoded_canvas_weighs_the_same_and_captions_may_get_more(monkeypatch):
-    hp = recipe.HParams(vision_steps=0, steps=1, batch_images=2, canvases_per_prompt=1, caption_canvases=3)
+    hp = recipe.HParams(vision_steps=0, steps=1, batch_images=2, canvases_per_prompt=1, caption_canvases=3,
+                        lookup_layer=-1, caption_lookup=False)  # the denoising loss alone
     model, heads = recipe.model_and_heads(hp)
     runner = recipe.Runner(model, build.make_tokenizer(), build.make_processor())
     per_canvas = []  # the denoising loss of each decoded canvas, in order
@@ -347,11 +349,12 @@ def test_the_cli_passes_the_recipes_settings_and_refuses_them_for_the_other_arch
 
     seen = []
     monkeypatch.setattr(recipe, "train", lambda out, hp, progress=True: seen.append((out, hp)))
-    assert main(["train-shapes", "--arch", "diffusion-gemma", "--out", "run", "--steps", "3000", "--lookup-layer",
-                 "1", "--caption-lookup", "--entropy-bound", "1e-6", "--seed", "4", "--no-progress"]) == 0
+    assert main(["train-shapes", "--arch", "diffusion-gemma", "--out", "run", "--steps", "2000", "--lookup-layer",
+                 "2", "--no-caption-lookup", "--entropy-bound", "1e-6", "--seed", "4", "--no-progress"]) == 0
     assert main(["train-shapes", "--arch", "diffusion-gemma", "--out", "run", "--no-object-shape"]) == 0
-    assert seen[0] == ("run", recipe.RECIPE.with_options(steps=3000, lookup_layer=1, caption_lookup=True,
+    assert seen[0] == ("run", recipe.RECIPE.with_options(steps=2000, lookup_layer=2, caption_lookup=False,
                                                           entropy_bound=1e-6, seed=4))
+    assert seen[0][1] != recipe.RECIPE
     assert seen[1][1] == recipe.RECIPE.with_options(object_shape=False)
     assert main(["train-shapes", "--out", "run", "--caption-canvases", "12"]) == 2
     assert "--caption-canvases applies to --arch diffusion-gemma only" in capsys.readouterr().err
@@ -361,7 +364,7 @@ def test_a_run_inside_stage_one_may_change_what_stage_one_never_reads(tmp_path, 
     """Stage 1's length, stage 2's settings and the encoder-block heads: the resumed run is the run planned with the
     new settings from the start, weight for weight."""
     planned = recipe.HParams(vision_steps=2, steps=1, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1,
-                             object_shape=True, lm_aux_layer=1, lookup_layer=0, lr=3e-3)
+                             object_shape=True, lm_aux_layer=1, lookup_layer=0, caption_lookup=False, lr=3e-3)
     recipe.train(tmp_path / "planned", planned, progress=False)
     # planned otherwise, stopped after two of its stage-1 steps
     other = planned.with_options(vision_steps=4, steps=3, lm_aux_layer=-1, lookup_layer=-1, lr=2e-3)

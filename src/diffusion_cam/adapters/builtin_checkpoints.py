@@ -40,9 +40,9 @@ def load_diffusion_gemma_shapes(verify: bool = True, **options: Any) -> Adapter:
 
     folder = diffusion_gemma_shapes.WEIGHTS_DIR
     if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"diffusion-gemma-shapes has no weights in {folder} (this version does not ship them); "
-                             "train them with 'diffusion-cam train-shapes --arch diffusion-gemma --out DIR' "
-                             "and pass --model DIR/final")
+        raise ModelLoadError(f"diffusion-gemma-shapes has no weights in {folder} (an incomplete install?); "
+                             "reinstall the package, or train them with 'diffusion-cam train-shapes --arch "
+                             "diffusion-gemma --out DIR' and pass --model DIR/final")
     if verify:
         verify_folder(folder)
     adapter = load_diffusion_gemma(str(folder), **options)
@@ -58,7 +58,7 @@ def _shipped() -> bool:
 
 register_model(ModelEntry(
     name="diffusion-gemma-shapes", loader=load_diffusion_gemma_shapes, family="diffusion-gemma",
-    verified="n/a (built-in)" if _shipped() else "n/a (weights not in this version)",
+    verified="n/a (built-in)" if _shipped() else "n/a (weights missing from this install)",
     description="stock transformers DiffusionGemmaForBlockDiffusion trained on the Shapes world, loaded from "
-                "the package's checkpoint folder when it holds weights (needs transformers>=5.13)",
+                "the package's checkpoint folder (needs transformers>=5.13)",
 ))

@@ -37,7 +37,7 @@ from the mean of its embedded soft tokens (``object_shape``), and the recipe
 runs in two stages: ``vision_steps`` steps of the auxiliary heads alone, with
 the language model untouched, then ``steps`` steps of the full objective.
 
-Optional lookup heads (``lookup_layer``, ``caption_lookup``) read, off the
+Lookup heads (``lookup_layer``, ``caption_lookup``; on in the recipe) read, off the
 prompt's last word at one encoder block, what the answer needs: a question's
 answer word, or every object's colour and shape by left-to-right rank.  The
 decoder reads the encoder only through its cache, so a question's lookup has
@@ -86,14 +86,14 @@ TRANSFORMERS_ENTROPY_BOUND = 0.1
 class HParams:
     """The shipped recipe's settings are the defaults."""
 
-    steps: int = 1800
+    steps: int = 3000
     batch_images: int = 8
     captions_per_image: int = 1
     questions_per_image: int = 3  # of the colour / shape / count kinds (all three, or drawn at random)
     canvases_per_prompt: int = 4  # noisy canvases decoded per encoder pass: a decoder pass is ~1 % of an encoder's
     #: noisy canvases decoded per caption prompt's encoder pass; every decoded canvas weighs the same in the loss, so
     #: more of them also give the captions a larger share of it
-    caption_canvases: int = 4
+    caption_canvases: int = 12
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
@@ -103,10 +103,10 @@ class HParams:
     #: encoder block whose image-token outputs the auxiliary heads also classify (-1: none); see the module docstring
     lm_aux_layer: int = -1
     #: encoder block at whose output a head reads a question's answer off the question's last word (-1: none)
-    lookup_layer: int = -1
+    lookup_layer: int = 1
     #: with ``lookup_layer``, heads also read every object's colour and shape, left to right, off the caption prompt's
     #: last word at that block
-    caption_lookup: bool = False
+    caption_lookup: bool = True
     #: also classify each object's shape from the mean of its embedded soft tokens (one label per object)
     object_shape: bool = True
     #: stage 1: steps of the auxiliary heads alone (vision tower + embedder) before the full objective's ``steps``
