@@ -113,7 +113,7 @@ def test_at_default_settings_the_two_samplers_agree_on_the_example_captions(adap
 def test_example_caption_words_are_localised_above_the_documented_floor(adapter, scenes, measure_caption_pointing):
     """The method spec's defaults (poscam, logit, all four modules) on this model: the argmax of each colour/shape
     word's map lies inside its referent for at least POINTING_FLOOR of the 22 words (7 when the weights shipped;
-    why the floor sits where it does: POINTING_FLOOR's comment)."""
+    the floor and its reason: docs/benchmarks.md, "The second built-in model")."""
     hits, total = measure_caption_pointing(dc.DiffusionCAM(adapter), scenes)
     assert total == 22
     assert hits >= POINTING_FLOOR, f"{hits}/{total}"
