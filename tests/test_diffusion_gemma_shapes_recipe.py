@@ -107,7 +107,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert _same_final_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
-def test_the_sampler_setting_is_written_into_the_checkpoint_and_may_change_after_training(tmp_path):
+def test_the_sampler_setting_is_written_into_the_checkpoint_and_may_change_after_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the suite runs on one thread; threads is recorded
     hp = recipe.HParams(vision_steps=0, steps=1, batch_images=1, warmup=1, eval_every=1000, ckpt_every=1,
                         entropy_bound=0.1)
     recipe.train(tmp_path / "run", hp, progress=False)
@@ -115,8 +116,12 @@ def test_the_sampler_setting_is_written_into_the_checkpoint_and_may_change_after
     assert load_diffusion_gemma(str(final)).sampler["entropy_bound"] == 0.1
     before = (final / "model.safetensors").read_bytes()
     # a finished run rerun with another bound only rewrites its checkpoint folder
-    recipe.train(tmp_path / "run", hp.with_options(entropy_bound=1e-6), progress=False)
+    summary = json.loads((final / "training.json").read_text())
+    recipe.train(tmp_path / "run", hp.with_options(entropy_bound=1e-6, threads=2), progress=False)
     assert (final / "model.safetensors").read_bytes() == before
+    # the record of the training is unchanged but for the bound
+    summary["hparams"]["entropy_bound"] = 1e-6
+    assert json.loads((final / "training.json").read_text()) == summary
     saved = json.loads((final / "generation_config.json").read_text())
     assert saved["sampler_config"]["entropy_bound"] == 1e-6
     assert load_diffusion_gemma(str(final)).sampler["entropy_bound"] == 1e-6

@@ -524,12 +524,13 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
     model.train()
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.98))
-    start, elapsed = 0, 0.0
+    start, elapsed, threads = 0, 0.0, hp.threads
     ck = out / f"{_CKPT}.pt"
     log = out / "log.jsonl"
     if ck.exists():
         state = torch.load(ck, weights_only=True)
         start, elapsed = int(state["step"]), float(state["elapsed"])
+        threads = (state.get("hparams") or {}).get("threads", hp.threads)
         saved = {k: v for k, v in _saved_settings(state).items() if k not in _FREE}
         wanted = {k: v for k, v in asdict(hp).items() if k not in _FREE}
         in_stage_one = start <= min(saved.get("vision_steps", 0), hp.vision_steps)
@@ -572,12 +573,15 @@ def train(out_dir: str | Path, hp: HParams, progress: bool = True) -> dict:
             print(json.dumps(row), flush=True)
         if done % hp.ckpt_every == 0 or done == last:
             tmp = ck.with_suffix(".tmp")
+            elapsed, threads = time.time() - t0, hp.threads
             torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
-                        "step": done, "elapsed": time.time() - t0, "hparams": asdict(hp)}, tmp)
+                        "step": done, "elapsed": elapsed, "hparams": asdict(hp)}, tmp)
             tmp.replace(ck)  # a kill mid-write leaves the previous checkpoint intact
     model.eval()
     save_checkpoint_folder(model, out / _FINAL, hp.entropy_bound)
-    summary = {"steps": last, "wall_s": round(time.time() - t0, 1), "hparams": asdict(hp)}
+    # the training's own time and threads: a finished run rerun to rewrite its folder (another entropy bound)
+    # changes neither
+    summary = {"steps": last, "wall_s": round(elapsed, 1), "hparams": {**asdict(hp), "threads": threads}}
     (out / _FINAL / "training.json").write_text(json.dumps(summary, indent=1))
     return summary
 
