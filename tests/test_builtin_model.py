@@ -17,11 +17,6 @@ def model():
     return dc.load_model("shapes-tiny")
 
 
-@pytest.fixture(scope="module")
-def scenes(example_scenes):
-    return example_scenes
-
-
 def test_loads_by_name_with_measured_defaults(model):
     assert model.family == "shapes-tiny"
     n = len(model.blocks())
@@ -39,12 +34,12 @@ def test_loads_by_name_with_measured_defaults(model):
     assert dc.get_method("gradcam", model).score == "logodds"  # Grad-CAM runs on Diffusion-CAM's score
 
 
-def test_answers_on_fixed_scenes(model, scenes):
+def test_answers_on_fixed_scenes(model, example_scenes):
     # every prompt of the shipped examples is answered exactly
     method = dc.DiffusionCAM(model)
     wrong = set()
     asked = 0
-    for scene in scenes:
+    for scene in example_scenes:
         for prompt in shapes.prompts_for(scene):
             asked += 1
             if model.join(method.generate(scene.image, prompt).texts) != shapes.answer(scene, prompt):
@@ -53,16 +48,16 @@ def test_answers_on_fixed_scenes(model, scenes):
     assert wrong == set()
 
 
-def test_same_scene_same_answer_and_maps(model, scenes):
-    a = dc.DiffusionCAM(model).explain(scenes[0].image, "describe the image")
-    b = dc.DiffusionCAM(model).explain(scenes[0].image.copy(), "describe the image")
+def test_same_scene_same_answer_and_maps(model, example_scenes):
+    a = dc.DiffusionCAM(model).explain(example_scenes[0].image, "describe the image")
+    b = dc.DiffusionCAM(model).explain(example_scenes[0].image.copy(), "describe the image")
     assert a.answer == b.answer and a.steps == b.steps
     assert np.array_equal(a.maps, b.maps) and np.array_equal(a.raw_maps, b.raw_maps)
 
 
 @pytest.fixture(scope="module")
-def caption_pointing(model, scenes, measure_caption_pointing):
-    return measure_caption_pointing(dc.DiffusionCAM(model), scenes)
+def caption_pointing(model, example_scenes, measure_caption_pointing):
+    return measure_caption_pointing(dc.DiffusionCAM(model), example_scenes)
 
 
 def test_default_layer_points_at_the_referent_of_nearly_every_word(caption_pointing):
@@ -98,12 +93,12 @@ def test_missing_weights_dir_is_a_clear_error(tmp_path):
         dc.load_model("shapes-tiny", weights_dir=tmp_path / "nowhere")
 
 
-def test_prompt_past_the_context_names_the_limit_without_an_image_size_hint(model, scenes):
+def test_prompt_past_the_context_names_the_limit_without_an_image_size_hint(model, example_scenes):
     # the built-in model always has 144 image tokens: a smaller image would not help
     from diffusion_cam.errors import PromptError
 
     with pytest.raises(PromptError, match=r"144 of them image tokens.*context of \d+; shorten the prompt") as err:
-        dc.DiffusionCAM(model).explain(scenes[0].image, " ".join(["the"] * 400))
+        dc.DiffusionCAM(model).explain(example_scenes[0].image, " ".join(["the"] * 400))
     assert "smaller image" not in str(err.value)
 
 

@@ -31,18 +31,13 @@ def adapter():
     return dc.load_model("diffusion-gemma-shapes")
 
 
-@pytest.fixture(scope="module")
-def scenes(example_scenes):
-    return example_scenes
-
-
-def test_the_stock_class_through_the_unchanged_adapter(adapter, scenes):
+def test_the_stock_class_through_the_unchanged_adapter(adapter, example_scenes):
     assert type(adapter) is DiffusionGemmaAdapter
     assert type(adapter.model) is transformers.DiffusionGemmaForBlockDiffusion
     # nothing added: the checkpoint holds exactly the parameters a fresh instance of the class has
     fresh = transformers.DiffusionGemmaForBlockDiffusion(adapter.model.config)
     assert set(fresh.state_dict()) == set(adapter.model.state_dict())
-    inputs = adapter.prepare([scenes[0].image], "describe the image", adapter.canvas_length)
+    inputs = adapter.prepare([example_scenes[0].image], "describe the image", adapter.canvas_length)
     (grid,) = adapter.image_grids(inputs, inputs.input_ids)
     assert grid.shape == (16, 16)
     # the spec's defaults, as for any DiffusionGemma checkpoint
@@ -61,10 +56,10 @@ def test_plain_transformers_reads_the_folder():
     assert size <= 20 * 2**20
 
 
-def test_answers_on_the_example_scenes(adapter, scenes):
+def test_answers_on_the_example_scenes(adapter, example_scenes):
     method = dc.DiffusionCAM(adapter)
     wrong, asked = [], 0
-    for scene in scenes:
+    for scene in example_scenes:
         for prompt in shapes.prompts_for(scene):
             asked += 1
             got = adapter.join(method.generate(scene.image, prompt).texts)
@@ -74,14 +69,14 @@ def test_answers_on_the_example_scenes(adapter, scenes):
     assert wrong == []
 
 
-def test_same_input_same_maps(adapter, scenes):
-    a = dc.DiffusionCAM(adapter).explain(scenes[2].image, "describe the image")
-    b = dc.DiffusionCAM(adapter).explain(scenes[2].image.copy(), "describe the image")
+def test_same_input_same_maps(adapter, example_scenes):
+    a = dc.DiffusionCAM(adapter).explain(example_scenes[2].image, "describe the image")
+    b = dc.DiffusionCAM(adapter).explain(example_scenes[2].image.copy(), "describe the image")
     assert a.answer == b.answer and a.steps == b.steps
     assert np.array_equal(a.raw_grid_maps, b.raw_grid_maps) and np.array_equal(a.maps, b.maps)
 
 
-def test_recorded_sampler_gives_the_tokens_of_the_models_own_generate(scenes, own_generate):
+def test_recorded_sampler_gives_the_tokens_of_the_models_own_generate(example_scenes, own_generate):
     """Greedy on both sides. ``generate`` always samples from softmax(logits / T) with T on the model's linear
     schedule (0.4 .. 0.8) and draws re-noise tokens from the global RNG; the adapter proposes the argmax and draws
     from its own seeded generator. At a temperature near zero the model's sample is its argmax and every token is
@@ -90,7 +85,7 @@ def test_recorded_sampler_gives_the_tokens_of_the_models_own_generate(scenes, ow
     config = copy.deepcopy(adapter.model.generation_config)
     config.t_min, config.t_max = 1e-3, 2e-3
     checked = 0
-    for scene in scenes:
+    for scene in example_scenes:
         for prompt in shapes.prompts_for(scene)[:3]:
             inputs = adapter.prepare([scene.image], prompt, adapter.canvas_length)
             ours = adapter.generate(inputs, adapter.default_generation).answer_ids
@@ -99,21 +94,22 @@ def test_recorded_sampler_gives_the_tokens_of_the_models_own_generate(scenes, ow
     assert checked >= 12
 
 
-def test_at_default_settings_the_two_samplers_agree_on_the_example_captions(adapter, scenes, own_generate):
+def test_at_default_settings_the_two_samplers_agree_on_the_example_captions(adapter, example_scenes, own_generate):
     """At the model's own temperatures ``generate`` samples where the adapter takes the argmax: the token
     sequences may differ where the model is unsure, so here only the answers of a confident model are compared."""
     torch.manual_seed(0)
-    for scene in scenes:
+    for scene in example_scenes:
         inputs = adapter.prepare([scene.image], "describe the image", adapter.canvas_length)
         ours = adapter.generate(inputs, adapter.default_generation).answer_ids
         theirs = own_generate(adapter, inputs, adapter.model.generation_config)
         assert ours == theirs, scene.seed
 
 
-def test_example_caption_words_are_localised_above_the_documented_floor(adapter, scenes, measure_caption_pointing):
+def test_example_caption_words_are_localised_above_the_documented_floor(adapter, example_scenes,
+                                                                       measure_caption_pointing):
     """The method spec's defaults (poscam, logit, all four modules) on this model: the argmax of each colour/shape
     word's map lies inside its referent for at least POINTING_FLOOR of the 22 words (7 when the weights shipped;
     the floor and its reason: docs/benchmarks.md, "The second built-in model")."""
-    hits, total = measure_caption_pointing(dc.DiffusionCAM(adapter), scenes)
+    hits, total = measure_caption_pointing(dc.DiffusionCAM(adapter), example_scenes)
     assert total == 22
     assert hits >= POINTING_FLOOR, f"{hits}/{total}"

@@ -39,7 +39,7 @@ def load_diffusion_gemma_shapes(verify: bool = True, **options: Any) -> Adapter:
     from .diffusion_gemma import load_diffusion_gemma
 
     folder = diffusion_gemma_shapes.WEIGHTS_DIR
-    if not (folder / "config.json").is_file():
+    if not _shipped():
         raise ModelLoadError(f"diffusion-gemma-shapes has no weights in {folder} (an incomplete install?); "
                              "reinstall the package, or train them with 'diffusion-cam train-shapes --arch "
                              "diffusion-gemma --out DIR' and pass --model DIR/final")
